@@ -1,0 +1,163 @@
+"""Runs the truncated sub-model over batches of token ids; no Beam here.
+
+A batch is padded the way the model needs it:
+
+- unmasked models: exactly as trained, to ``maxlen`` with ``--padding`` (padding timesteps are
+  part of what the layer computes, so they must stay);
+- masked models (the layer receives a mask: ``mask_zero=True`` or ``Masking``) with length
+  bucketing on: right-padded to the batch's own longest document. Masked timesteps leave the state
+  untouched, so the values equal those of fixed ``maxlen`` padding on either side, with far fewer
+  timesteps; right padding is also what cuDNN needs on a GPU.
+
+``sequence`` outputs keep only the real-token positions, so where padding went never shows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from beam_pipeline import recurrent
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddedBatch:
+    """Outputs for one batch: per column either a ``(B, D)`` array or, for ``sequence``, a flat
+    ``(sum(lengths), D)`` array with ``offsets`` (``B + 1``) delimiting each document's rows."""
+
+    lengths: np.ndarray  # (B,) int32 tokens per document that reached the model
+    columns: dict[str, np.ndarray]
+    offsets: np.ndarray | None
+    padded_timesteps: int
+    seconds: float
+
+
+def configure_device(device: str) -> str:
+    """Makes TensorFlow use the requested device; returns ``"gpu"`` or ``"cpu"``.
+
+    ``auto`` uses a GPU when TensorFlow sees one. GPU memory growth is turned on so that one
+    model per process does not reserve the whole card.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "cpu":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # already initialized in this process
+            pass
+        return "cpu"
+    if device == "gpu" and not gpus:
+        raise RuntimeError("--device gpu was requested but TensorFlow sees no GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+    return "gpu" if gpus else "cpu"
+
+
+def kernel_path(info: recurrent.LayerInfo, layer, device: str) -> str:
+    """Which implementation Keras will run for the layer, for the log line."""
+    rnn = layer.forward_layer if info.bidirectional else layer
+    if device != "gpu":
+        return "cpu (generic while_loop kernel)"
+    if info.cell_class not in ("LSTM", "GRU"):
+        return "gpu (generic kernel: SimpleRNN has no cuDNN path)"
+    reasons = []
+    if getattr(rnn, "recurrent_dropout", 0):
+        reasons.append("recurrent_dropout")
+    if getattr(rnn, "unroll", False):
+        reasons.append("unroll")
+    if getattr(rnn, "use_cudnn", "auto") is False:
+        reasons.append("use_cudnn=False")
+    if reasons:
+        return "gpu (generic kernel, cuDNN disabled by " + ", ".join(reasons) + ")"
+    return "gpu (cuDNN kernel, right-padded masks)"
+
+
+def _as_arrays(outputs) -> list[np.ndarray]:
+    """A model's outputs as a list of NumPy arrays (a one-output model returns a bare tensor)."""
+    if isinstance(outputs, (list, tuple)):
+        return [np.asarray(t) for t in outputs]
+    return [np.asarray(outputs)]
+
+
+class Embedder:
+    """The loaded sub-model plus the padding rules; ``embed`` turns token-id lists into vectors."""
+
+    def __init__(
+        self,
+        model,
+        layer_spec: str | None,
+        mode: str,
+        maxlen: int,
+        padding: str = "pre",
+        truncating: str = "pre",
+        length_bucketing: bool = True,
+        device: str = "cpu",
+    ):
+        self.layer = recurrent.find_layer(model, layer_spec)
+        self.info = recurrent.describe_layer(self.layer)
+        self.mode = mode
+        self.maxlen = maxlen
+        self.padding = padding
+        self.truncating = truncating
+        self.trim = bool(length_bucketing and self.info.masked)
+        self.submodel = recurrent.build_submodel(model, self.layer, mode)
+        self.input_dtype = str(model.inputs[0].dtype)
+        self.column_names = [name for name, _ in self.info.columns(mode)]
+        self._call = self._compile()
+        self.kernel = kernel_path(self.info, self.layer, device)
+        LOG.info(
+            "embedding layer %s (%s) mode=%s masked=%s length_bucketing=%s kernel=%s",
+            self.info.name, self.info.class_name, mode, self.info.masked, self.trim, self.kernel,
+        )
+
+    def _compile(self):
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            spec = tf.TensorSpec([None, None], tf.dtypes.as_dtype(self.input_dtype))
+            fn = tf.function(
+                lambda x: self.submodel(x, training=False), input_signature=[spec], reduce_retracing=True
+            )
+            return lambda x: _as_arrays(fn(x))
+        return lambda x: _as_arrays(self.submodel.predict_on_batch(x))
+
+    def pad(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(padded batch, lengths, boolean mask of real-token positions) for truncated sequences."""
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int32, count=len(seqs))
+        width = max(int(lengths.max(initial=0)), 1) if self.trim else self.maxlen
+        positions = np.arange(width, dtype=np.int32)[None, :]
+        if self.trim or self.padding == "post":
+            real = positions < lengths[:, None]
+        else:
+            real = positions >= (width - lengths)[:, None]
+        batch = np.zeros((len(seqs), width), dtype=self.input_dtype)
+        total = int(lengths.sum())
+        batch[real] = np.fromiter(itertools.chain.from_iterable(seqs), dtype=self.input_dtype, count=total)
+        return batch, lengths, real
+
+    def embed(self, seqs: list[list[int]]) -> EmbeddedBatch:
+        """Vectors for already truncated token-id sequences (each ``1 <= len <= maxlen``)."""
+        batch, lengths, real = self.pad(seqs)
+        start = time.perf_counter()
+        outputs = self._call(batch)
+        seconds = time.perf_counter() - start
+        offsets = None
+        if self.mode == "sequence":
+            columns = {self.column_names[0]: np.ascontiguousarray(outputs[0][real], dtype=np.float32)}
+            offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+        else:
+            columns = {name: np.asarray(out, dtype=np.float32) for name, out in zip(self.column_names, outputs)}
+        return EmbeddedBatch(lengths, columns, offsets, int(batch.size), seconds)

@@ -1,0 +1,316 @@
+"""Everything the job knows about Keras models, separate from Beam.
+
+Loading (``.keras`` and ``.h5``, including tf.keras / Keras 2 ``.h5`` files), finding the target
+recurrent layer, and building the truncated sub-model that computes what that layer computes in
+the trained model: a functional clone of the layer with ``return_sequences`` / ``return_state``
+set for the requested mode, called on the same input tensor *and the same mask* as the original,
+with the trained weights copied. Nothing is retrained.
+
+Shapes, for a batch of ``B`` documents padded to ``T`` timesteps and a layer of ``U`` units:
+
+- ``final``: ``(B, D)``: what the layer returns with ``return_sequences=False``. ``D`` is ``U``,
+  or ``2U`` for a ``Bidirectional`` layer with ``merge_mode`` ``"concat"`` or ``None``.
+- ``sequence``: ``(B, T, D)``: the per-timestep outputs.
+- ``states``: ``h`` and ``c`` of shape ``(B, U)`` for an LSTM, ``h`` only for GRU / SimpleRNN;
+  ``h_fw, c_fw, h_bw, c_bw`` for a ``Bidirectional`` LSTM.
+
+LSTM weights, for an input of ``F`` features: ``kernel (F, 4U)``, ``recurrent_kernel (U, 4U)``,
+``bias (4U,)``, the four column blocks being the gates in the order i (input), f (forget),
+c (cell candidate), o (output). GRU has 3 blocks (z, r, h); SimpleRNN one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+MODES = ("final", "sequence", "states")
+
+# Config keys that tf.keras / Keras 2 wrote into recurrent layer configs and Keras 3 rejects.
+# ``time_major=False`` is the only value that means what Keras 3 computes; True is refused.
+_LEGACY_RNN_KEYS = ("time_major",)
+
+_GATES = {"LSTM": ("i", "f", "c", "o"), "GRU": ("z", "r", "h"), "SimpleRNN": ("h",)}
+
+
+class ModelError(ValueError):
+    """A model, layer or mode that the job cannot use, with a message that says what to do."""
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+def _patch_legacy_h5(path: str) -> str:
+    """Copies a legacy ``.h5`` file to a temp file with Keras-2-only RNN config keys removed.
+
+    Returns the path to load (the original when nothing needed patching).
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("model_config")
+    if raw is None:
+        raise ModelError(f"{path}: this .h5 file holds weights only, no model config; save the whole model.")
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    config = json.loads(text)
+    changed = False
+
+    def strip(node: Any) -> None:
+        nonlocal changed
+        if isinstance(node, dict):
+            inner = node.get("config")
+            if isinstance(inner, dict):
+                for key in _LEGACY_RNN_KEYS:
+                    if key in inner:
+                        if inner[key]:
+                            raise ModelError(
+                                f"{path}: layer {inner.get('name')!r} was saved with {key}=True, which Keras 3 "
+                                "cannot reproduce; re-save the model with time_major=False."
+                            )
+                        del inner[key]
+                        changed = True
+            for value in node.values():
+                strip(value)
+        elif isinstance(node, list):
+            for value in node:
+                strip(value)
+
+    strip(config)
+    if not changed:
+        return path
+    fd, patched = tempfile.mkstemp(suffix=".h5")
+    os.close(fd)
+    shutil.copyfile(path, patched)
+    with h5py.File(patched, "r+") as f:
+        f.attrs["model_config"] = json.dumps(config)
+    return patched
+
+
+def load_model(path: str, unsafe_deserialization: bool = False):
+    """Loads a local ``.keras`` or ``.h5`` model for inference (``compile=False``).
+
+    Keras' ``safe_mode`` stays on unless ``unsafe_deserialization`` is set: a ``Lambda`` layer
+    holding Python bytecode is refused, with the flag that allows it named in the error.
+    """
+    keras = _keras()
+    if not os.path.exists(path):
+        raise ModelError(f"model file not found: {path}")
+    to_load = path
+    if path.endswith((".h5", ".hdf5")):
+        to_load = _patch_legacy_h5(path)
+    elif not path.endswith(".keras"):
+        raise ModelError(f"{path}: unsupported model format; use a .keras (Keras 3) or .h5 file.")
+    try:
+        return keras.models.load_model(to_load, compile=False, safe_mode=not unsafe_deserialization)
+    except ValueError as e:
+        if "safe_mode" in str(e) or "arbitrary code" in str(e):
+            raise ModelError(
+                f"{path}: the model holds Python code (a Lambda layer) and was refused by Keras safe_mode. "
+                "Only if you trust this file, pass --unsafe_deserialization to load it."
+            ) from e
+        raise
+    finally:
+        if to_load != path:
+            os.unlink(to_load)
+
+
+def _is_rnn(layer) -> bool:
+    keras = _keras()
+    return isinstance(layer, keras.layers.RNN)
+
+
+def is_recurrent(layer) -> bool:
+    """True for an RNN layer (LSTM, GRU, SimpleRNN, RNN(cell)) or a Bidirectional wrapper of one."""
+    keras = _keras()
+    if isinstance(layer, keras.layers.Bidirectional):
+        return _is_rnn(layer.forward_layer)
+    return _is_rnn(layer)
+
+
+def _base_class_name(layer) -> str:
+    keras = _keras()
+    for cls in (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN, keras.layers.Bidirectional):
+        if isinstance(layer, cls):
+            return cls.__name__
+    return type(layer).__name__
+
+
+def recurrent_layers(model) -> list[tuple[int, Any]]:
+    """The model's recurrent layers as (index in ``model.layers``, layer), in order."""
+    return [(i, layer) for i, layer in enumerate(model.layers) if is_recurrent(layer)]
+
+
+def find_layer(model, spec: str | int | None):
+    """The target layer: by name, by index into ``model.layers``, or (None) the last recurrent one."""
+    candidates = recurrent_layers(model)
+    listing = ", ".join(f"{i}:{layer.name} ({_base_class_name(layer)})" for i, layer in candidates) or "none"
+    if spec is None or spec == "":
+        if not candidates:
+            raise ModelError(f"the model has no recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional). Layers: "
+                             + ", ".join(f"{i}:{layer.name}" for i, layer in enumerate(model.layers)))
+        return candidates[-1][1]
+    layer = None
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.lstrip("-").isdigit()):
+        index = int(spec)
+        if -len(model.layers) <= index < len(model.layers):
+            layer = model.layers[index]
+    if layer is None:
+        layer = next((layer for layer in model.layers if layer.name == spec), None)
+    if layer is None:
+        raise ModelError(f"layer {spec!r} not found. Recurrent layers (index:name): {listing}")
+    if not is_recurrent(layer):
+        raise ModelError(
+            f"layer {spec!r} is a {type(layer).__name__}, not a recurrent layer. "
+            f"Recurrent layers (index:name): {listing}"
+        )
+    return layer
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the job needs to know about the target layer, and what it will write."""
+
+    name: str
+    class_name: str  # LSTM, GRU, SimpleRNN, Bidirectional, or the RNN subclass name
+    cell_class: str  # LSTM / GRU / SimpleRNN (the wrapped one for Bidirectional)
+    units: int
+    bidirectional: bool
+    merge_mode: str | None
+    masked: bool  # the layer receives a mask in the trained graph
+    input_dim: int  # features per timestep reaching the layer
+    state_names: tuple[str, ...] = field(default=())
+
+    @property
+    def output_dim(self) -> int:
+        if self.bidirectional and self.merge_mode in ("concat", None):
+            return 2 * self.units
+        return self.units
+
+    def columns(self, mode: str) -> list[tuple[str, int]]:
+        """(column name, vector width) of the embedding columns written for ``mode``."""
+        if mode == "final":
+            return [("vector", self.output_dim)]
+        if mode == "sequence":
+            return [("vectors", self.output_dim)]
+        if mode == "states":
+            return [(name, self.units) for name in self.state_names]
+        raise ModelError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+def _rnn_of(layer):
+    keras = _keras()
+    return layer.forward_layer if isinstance(layer, keras.layers.Bidirectional) else layer
+
+
+def _inbound_call(layer):
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1:
+        raise ModelError(
+            f"layer {layer.name!r} is called {len(nodes)} times in the model; the job needs a layer used exactly once."
+        )
+    args = nodes[0].arguments
+    if len(args.args) != 1 or args.kwargs.get("initial_state") is not None:
+        raise ModelError(f"layer {layer.name!r} is called with an initial state or several inputs; not supported.")
+    return args.args, dict(args.kwargs)
+
+
+def describe_layer(layer) -> LayerInfo:
+    """Facts about a recurrent layer of a built model."""
+    keras = _keras()
+    rnn = _rnn_of(layer)
+    cell_class = _base_class_name(rnn)
+    if not isinstance(rnn, (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)):
+        cell_class = type(rnn.cell).__name__.replace("Cell", "")
+    state_size = rnn.cell.state_size
+    n_states = len(state_size) if isinstance(state_size, (list, tuple)) else 1
+    units = int(rnn.cell.units)
+    base = ("h", "c")[:n_states] if n_states <= 2 else tuple(f"s{i}" for i in range(n_states))
+    bidirectional = isinstance(layer, keras.layers.Bidirectional)
+    names = tuple(f"{n}_{d}" for d in ("fw", "bw") for n in base) if bidirectional else base
+    args, kwargs = _inbound_call(layer)
+    mask = kwargs.get("mask")
+    return LayerInfo(
+        name=layer.name,
+        class_name=_base_class_name(layer),
+        cell_class=cell_class,
+        units=units,
+        bidirectional=bidirectional,
+        merge_mode=layer.merge_mode if bidirectional else None,
+        masked=mask is not None,
+        input_dim=int(args[0].shape[-1]),
+        state_names=names,
+    )
+
+
+def check_mode(info: LayerInfo, mode: str) -> None:
+    if mode not in MODES:
+        raise ModelError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+def _clone_for_mode(layer, mode: str):
+    keras = _keras()
+    config = layer.get_config()
+    flags = {"return_sequences": mode == "sequence", "return_state": mode == "states", "stateful": False}
+    if isinstance(layer, keras.layers.Bidirectional):
+        for key in ("layer", "backward_layer"):
+            if config.get(key) is not None:
+                config[key]["config"].update(flags)
+    else:
+        config.update(flags)
+    config["name"] = f"{layer.name}__{mode}"
+    return layer.__class__.from_config(config)
+
+
+def build_submodel(model, layer, mode: str):
+    """A model from the original inputs to what ``layer`` computes in ``mode``.
+
+    Returns a Keras model whose outputs are a list of arrays: ``[vector]`` for ``final``,
+    ``[sequence]`` for ``sequence``, and the states in ``LayerInfo.state_names`` order for
+    ``states``. The clone receives the same input tensor and mask as the trained layer.
+    """
+    keras = _keras()
+    info = describe_layer(layer)
+    check_mode(info, mode)
+    args, kwargs = _inbound_call(layer)
+    kwargs["training"] = False
+    clone = _clone_for_mode(layer, mode)
+    out = clone(*args, **kwargs)
+    clone.set_weights(layer.get_weights())
+    outputs = list(out) if isinstance(out, (list, tuple)) else [out]
+    if mode == "states":
+        outputs = outputs[1:]  # drop the output; keep the states
+    elif mode in ("final", "sequence") and info.bidirectional and info.merge_mode is None:
+        outputs = [keras.layers.Concatenate(axis=-1)(outputs)]
+    return keras.Model(model.inputs, outputs, name=f"{model.name}__{layer.name}__{mode}")
+
+
+def weight_table(layer) -> list[dict[str, Any]]:
+    """The layer's weight arrays, with what their shapes mean (gate order for LSTM / GRU)."""
+    info = describe_layer(layer)
+    gates = _GATES.get(info.cell_class, ())
+    k = len(gates) or 1
+    u = info.units
+    rows = []
+    for w in layer.weights:
+        shape = tuple(int(d) for d in w.shape)
+        path = w.path if hasattr(w, "path") else w.name
+        direction = "backward" if "backward" in path else ("forward" if info.bidirectional else "")
+        leaf = path.split("/")[-1]
+        meaning = ""
+        if leaf == "kernel":
+            meaning = f"(input features {shape[0]}, {k}*units={k}x{u}); column blocks: {', '.join(gates)}"
+        elif leaf == "recurrent_kernel":
+            meaning = f"(units {u}, {k}*units={k}x{u}); column blocks: {', '.join(gates)}"
+        elif leaf == "bias":
+            meaning = f"{shape}: per-gate biases in blocks {', '.join(gates)}" + (
+                " (GRU reset_after: input and recurrent biases)" if len(shape) == 2 else ""
+            )
+        rows.append({"name": path, "shape": list(shape), "direction": direction, "meaning": meaning})
+    return rows

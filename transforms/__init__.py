@@ -1,0 +1,1 @@
+"""The job's Beam stages: read, tokenize, embed, write, errors."""

@@ -1,0 +1,173 @@
+"""Read: files -> ``(doc_id, text)``, every unreadable record dead-lettered.
+
+Formats, by file extension (``.gz`` / ``.bz2`` compressed files are decompressed by Beam):
+
+- ``.jsonl`` / ``.json``: one JSON object per line with ``id_field`` and ``text_field``; blank lines
+  are not records.
+- ``.csv``: a header row naming ``id_field`` and ``text_field``.
+- ``.parquet``: columns ``id_field`` and ``text_field``.
+- anything else: plain text, one document per line, id ``<file name>:<line number from 1>``; an
+  empty line is an empty document (dead-lettered), a final newline ends the last line.
+
+A file is read by one worker; the file names are reshuffled so that files spread over workers.
+Each file also reports how many records it held (tag ``counts``), for the run's summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+from collections.abc import Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.errors import tagged
+
+COUNTS = "counts"
+STAGE = "read"
+
+
+def file_format(path: str) -> str:
+    name = path.lower()
+    for compressed in (".gz", ".bz2", ".deflate", ".zst"):
+        if name.endswith(compressed):
+            name = name[: -len(compressed)]
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "text"
+
+
+def _lines(f) -> Iterator[bytes]:
+    """Lines split on b"\\n" only (a text's own U+2028 or \\r stay inside its document)."""
+    tail = b""
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        parts = (tail + chunk).split(b"\n")
+        tail = parts.pop()
+        yield from parts
+    if tail:
+        yield tail
+
+
+class ReadRecords(beam.DoFn):
+    """One file path in; ``(doc_id, text)`` main outputs, dead letters, and the file's record count."""
+
+    def __init__(self, id_field: str, text_field: str):
+        self.id_field = id_field
+        self.text_field = text_field
+
+    def process(self, path: str):
+        fmt = file_format(path)
+        count = 0
+        with FileSystems.open(path) as f:
+            records = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}.get(fmt, self._text)(path, f)
+            for out in records:
+                count += 1
+                yield out
+        yield beam.pvalue.TaggedOutput(COUNTS, count)
+
+    def _fields(self, record: dict, raw: object):
+        """The ``(doc_id, text)`` of a parsed record, or a dead letter."""
+        doc_id = record.get(self.id_field)
+        text = record.get(self.text_field)
+        if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
+            return tagged(None, STAGE, "missing_id", raw, f"no non-empty field {self.id_field!r}")
+        if isinstance(doc_id, (dict, list, bool, float)):
+            return tagged(None, STAGE, "invalid_id", raw, f"{self.id_field!r} must be a string or an integer")
+        doc_id = str(doc_id)
+        if text is None:
+            return tagged(doc_id, STAGE, "missing_text", raw, f"no field {self.text_field!r}")
+        if not isinstance(text, str):
+            return tagged(doc_id, STAGE, "non_string_text", raw, f"{self.text_field!r} is {type(text).__name__}")
+        if not text.strip():
+            return tagged(doc_id, STAGE, "empty_document", raw, "the text is empty or whitespace")
+        return doc_id, text
+
+    def _text(self, path: str, f) -> Iterator:
+        name = posixpath.basename(path)
+        for number, raw in enumerate(_lines(f), start=1):
+            doc_id = f"{name}:{number}"
+            if raw.endswith(b"\r"):
+                raw = raw[:-1]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield tagged(doc_id, STAGE, "invalid_utf8", raw, str(e))
+                continue
+            if not text.strip():
+                yield tagged(doc_id, STAGE, "empty_document", raw, "the line is empty or whitespace")
+                continue
+            yield doc_id, text
+
+    def _jsonl(self, path: str, f) -> Iterator:
+        name = posixpath.basename(path)
+        for number, raw in enumerate(_lines(f), start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield tagged(None, STAGE, "invalid_utf8", raw, f"{name}:{number}: {e}")
+                continue
+            except json.JSONDecodeError as e:
+                yield tagged(None, STAGE, "invalid_json", raw, f"{name}:{number}: {e}")
+                continue
+            if not isinstance(record, dict):
+                yield tagged(None, STAGE, "invalid_json", raw, f"{name}:{number}: not a JSON object")
+                continue
+            yield self._fields(record, raw)
+
+    def _csv(self, path: str, f) -> Iterator:
+        name = posixpath.basename(path)
+        text = io.TextIOWrapper(f, encoding="utf-8", errors="surrogateescape", newline="")
+        reader = csv.DictReader(text)
+        if reader.fieldnames is None:
+            return
+        for row in reader:
+            raw = {k: v for k, v in row.items() if k is not None}
+            try:
+                json.dumps(raw).encode("utf-8")
+                for v in raw.values():
+                    if isinstance(v, str):
+                        v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                safe = {k: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v for k, v in raw.items()}
+                yield tagged(None, STAGE, "invalid_utf8", repr(safe), f"{name}:{reader.line_num}: {e}")
+                continue
+            yield self._fields(raw, raw)
+
+    def _parquet(self, path: str, f) -> Iterator:
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(f)
+        wanted = [c for c in (self.id_field, self.text_field) if c in parquet.schema_arrow.names]
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=wanted)
+            for record in table.to_pylist():
+                yield self._fields(record, record)
+
+
+class ReadCorpus(beam.PTransform):
+    """``paths`` -> PCollections ``docs`` ``(doc_id, text)``, ``errors`` (dead letters), ``counts``."""
+
+    def __init__(self, paths: list[str], id_field: str, text_field: str):
+        super().__init__()
+        self.paths = paths
+        self.id_field = id_field
+        self.text_field = text_field
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "InputFiles" >> beam.Create(self.paths)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadRecords" >> beam.ParDo(ReadRecords(self.id_field, self.text_field)).with_outputs(
+                "errors", COUNTS, main="docs"
+            )
+        )
