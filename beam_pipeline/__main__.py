@@ -16,7 +16,7 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from beam_pipeline import files  # noqa: E402
-from beam_pipeline.options import ConfigError, EmbeddingOptions, JobConfig, resolve  # noqa: E402
+from beam_pipeline.options import ConfigError, JobConfig, resolve  # noqa: E402
 from beam_pipeline.pipeline import build, existing_outputs, summary_path  # noqa: E402
 from transforms.errors import NAMESPACE  # noqa: E402
 from transforms.write import METADATA_KEY  # noqa: E402

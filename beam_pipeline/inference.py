@@ -104,7 +104,7 @@ class Embedder:
         device: str = "cpu",
     ):
         self.layer = recurrent.find_layer(model, layer_spec)
-        self.info = recurrent.describe_layer(self.layer)
+        self.info = recurrent.describe_layer(self.layer, model)
         self.mode = mode
         self.maxlen = maxlen
         self.padding = padding

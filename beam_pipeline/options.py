@@ -162,7 +162,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
             os.unlink(local)
     try:
         layer = recurrent.find_layer(model, o.layer)
-        info = recurrent.describe_layer(layer)
+        info = recurrent.describe_layer(layer, model)
     except recurrent.ModelError as e:
         raise ConfigError(str(e)) from e
 

@@ -153,7 +153,7 @@ def find_layer(model, spec: str | int | None):
     listing = ", ".join(f"{i}:{layer.name} ({_base_class_name(layer)})" for i, layer in candidates) or "none"
     if spec is None or spec == "":
         if not candidates:
-            raise ModelError(f"the model has no recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional). Layers: "
+            raise ModelError("the model has no recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional). Layers: "
                              + ", ".join(f"{i}:{layer.name}" for i, layer in enumerate(model.layers)))
         return candidates[-1][1]
     layer = None
@@ -209,8 +209,17 @@ def _rnn_of(layer):
     return layer.forward_layer if isinstance(layer, keras.layers.Bidirectional) else layer
 
 
-def _inbound_call(layer):
-    nodes = getattr(layer, "_inbound_nodes", [])
+def _graph(model):
+    """The functional graph of a model (a Sequential keeps one inside)."""
+    return getattr(model, "_functional", None) or model
+
+
+def _inbound_call(layer, model=None):
+    """(args, kwargs) with which ``layer`` is called in ``model``'s graph, mask included."""
+    nodes = list(getattr(layer, "_inbound_nodes", []))
+    if model is not None and len(nodes) > 1:
+        in_graph = {id(n) for group in getattr(_graph(model), "_nodes_by_depth", {}).values() for n in group}
+        nodes = [n for n in nodes if id(n) in in_graph]
     if len(nodes) != 1:
         raise ModelError(
             f"layer {layer.name!r} is called {len(nodes)} times in the model; the job needs a layer used exactly once."
@@ -221,7 +230,7 @@ def _inbound_call(layer):
     return args.args, dict(args.kwargs)
 
 
-def describe_layer(layer) -> LayerInfo:
+def describe_layer(layer, model=None) -> LayerInfo:
     """Facts about a recurrent layer of a built model."""
     keras = _keras()
     rnn = _rnn_of(layer)
@@ -234,7 +243,7 @@ def describe_layer(layer) -> LayerInfo:
     base = ("h", "c")[:n_states] if n_states <= 2 else tuple(f"s{i}" for i in range(n_states))
     bidirectional = isinstance(layer, keras.layers.Bidirectional)
     names = tuple(f"{n}_{d}" for d in ("fw", "bw") for n in base) if bidirectional else base
-    args, kwargs = _inbound_call(layer)
+    args, kwargs = _inbound_call(layer, model)
     mask = kwargs.get("mask")
     return LayerInfo(
         name=layer.name,
@@ -247,11 +256,6 @@ def describe_layer(layer) -> LayerInfo:
         input_dim=int(args[0].shape[-1]),
         state_names=names,
     )
-
-
-def check_mode(info: LayerInfo, mode: str) -> None:
-    if mode not in MODES:
-        raise ModelError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
 def _clone_for_mode(layer, mode: str):
@@ -276,9 +280,8 @@ def build_submodel(model, layer, mode: str):
     ``states``. The clone receives the same input tensor and mask as the trained layer.
     """
     keras = _keras()
-    info = describe_layer(layer)
-    check_mode(info, mode)
-    args, kwargs = _inbound_call(layer)
+    info = describe_layer(layer, model)
+    args, kwargs = _inbound_call(layer, model)
     kwargs["training"] = False
     clone = _clone_for_mode(layer, mode)
     out = clone(*args, **kwargs)
@@ -291,9 +294,9 @@ def build_submodel(model, layer, mode: str):
     return keras.Model(model.inputs, outputs, name=f"{model.name}__{layer.name}__{mode}")
 
 
-def weight_table(layer) -> list[dict[str, Any]]:
+def weight_table(layer, model=None) -> list[dict[str, Any]]:
     """The layer's weight arrays, with what their shapes mean (gate order for LSTM / GRU)."""
-    info = describe_layer(layer)
+    info = describe_layer(layer, model)
     gates = _GATES.get(info.cell_class, ())
     k = len(gates) or 1
     u = info.units

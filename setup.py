@@ -1,0 +1,41 @@
+"""Installable package; also the ``--setup_file`` that Beam ships to remote workers.
+
+Pins, and why:
+- tensorflow 2.21 with keras 3.15: the pair this job is tested with. Keras 3.16 changes how RNN
+  layers propagate masks, and the values we write must equal what Keras computes, so keras stays
+  below 3.16 until the golden tests pass on it. (On a GPU worker install ``tensorflow[and-cuda]``.)
+- apache-beam[gcp] 2.77: RunInference with KeyedModelHandler, WriteToParquetBatched, GcsIO.
+- numpy < 3 and pyarrow: what TF 2.21 and Beam 2.77 accept together.
+- h5py: reading (and patching) legacy tf.keras .h5 files.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="beam-recurrent-embeddings",
+    version="0.1.0",
+    description="Apache Beam batch job: text -> tokens -> truncated Keras recurrent layer -> sharded Parquet",
+    packages=find_packages(include=["beam_pipeline", "beam_pipeline.*", "transforms", "transforms.*"]),
+    python_requires=">=3.10,<3.13",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<3.16",
+        "apache-beam[gcp]>=2.77,<2.78",
+        "numpy>=1.26,<3",
+        "pyarrow>=16,<27",
+        "google-cloud-storage>=2.18,<4",
+        "h5py>=3.10",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "tf-keras>=2.21,<2.22",
+            "duckdb>=1.1",
+            "polars>=1.10",
+            "gcp-storage-emulator>=2024.8.3",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={"console_scripts": ["beam-recurrent-embeddings=beam_pipeline.__main__:main"]},
+)

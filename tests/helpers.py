@@ -1,0 +1,108 @@
+"""Shared test helpers: real Keras models, a real legacy tokenizer, corpora on disk, the job run
+in-process on the DirectRunner, and the Keras-computed reference the outputs are compared with.
+
+The reference never uses the job's code: it tokenizes with tf_keras' legacy ``Tokenizer``, pads
+with ``keras.utils.pad_sequences`` as the model was trained, and runs a functional clone of the
+target layer with ``return_sequences`` / ``return_state`` set and the trained weights copied.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A stitch in time saves nine!",
+    "Rain, rain, go away; come again another day.",
+    "She sells sea shells by the sea shore",
+    "the dog sleeps",
+    "Over the hills and far away, the fox runs quickly to the river where the lazy dog waits for rain "
+    "and the sea shells shine in the time of day",
+    "Nine dogs",
+    "Unknown zebra words here",
+    "Time flies like an arrow; fruit flies like a banana.",
+    "Come again, quick fox, over the shore and the river and the hills and far far away from the day",
+]
+
+
+def corpus(n: int = 60, seed: int = 3) -> list[tuple[str, str]]:
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n):
+        k = int(rng.integers(1, 4))
+        text = " ".join(SENTENCES[int(j)] for j in rng.integers(0, len(SENTENCES), size=k))
+        docs.append((f"d{i:04d}", text))
+    return docs
+
+
+def legacy_tokenizer(texts: list[str], **kwargs):
+    """A real legacy Keras Tokenizer (tf_keras) fitted on ``texts``."""
+    from tf_keras.preprocessing.text import Tokenizer
+
+    tok = Tokenizer(**kwargs)
+    tok.fit_on_texts(texts)
+    return tok
+
+
+def write_jsonl(path, docs: list[tuple[str, str]]) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        for doc_id, text in docs:
+            f.write(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n")
+    return str(path)
+
+
+def write_text(path, texts: list[str]) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(texts) + "\n")
+    return str(path)
+
+
+def run_job(argv: list[str]) -> dict:
+    from beam_pipeline.__main__ import run
+
+    summary = run([str(a) for a in argv])
+    assert summary is not None
+    return summary
+
+
+def read_output(prefix: str) -> pa.Table:
+    shards = sorted(glob.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].parquet"))
+    assert shards, f"no shards at {prefix}"
+    return pa.concat_tables([pq.read_table(s) for s in shards])
+
+
+def reference(model, layer_name: str, mode: str, padded: np.ndarray) -> list[np.ndarray]:
+    """What Keras computes for the layer in ``mode`` on the padded batch: a functional clone of the
+    layer with the trained weights, called on the layer's own input and mask."""
+    import keras
+
+    layer = model.get_layer(layer_name)
+    config = layer.get_config()
+    flags = {"return_sequences": mode == "sequence", "return_state": mode == "states"}
+    if isinstance(layer, keras.layers.Bidirectional):
+        config["layer"]["config"].update(flags)
+        config["backward_layer"]["config"].update(flags)
+    else:
+        config.update(flags)
+    config["name"] = layer.name + "_reference"
+    clone = type(layer).from_config(config)
+    node = layer._inbound_nodes[0]
+    out = clone(*node.arguments.args, **node.arguments.kwargs)
+    clone.set_weights(layer.get_weights())
+    outputs = list(out) if isinstance(out, (list, tuple)) else [out]
+    probe = keras.Model(model.inputs, outputs)
+    result = probe.predict(padded, verbose=0, batch_size=64)
+    result = result if isinstance(result, list) else [result]
+    return result[1:] if mode == "states" else result  # states: [output, *states] -> the states
+
+
+def real_positions(ids_row: np.ndarray, n: int, padding: str, maxlen: int) -> slice:
+    return slice(maxlen - n, maxlen) if padding == "pre" else slice(0, n)
