@@ -55,6 +55,15 @@ def _lines(f) -> Iterator[bytes]:
         yield tail
 
 
+def _is_utf8(text: str) -> bool:
+    """False for text decoded with surrogateescape from bytes that were not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class ReadRecords(beam.DoFn):
     """One file path in; ``(doc_id, text)`` main outputs, dead letters, and the file's record count."""
 
@@ -131,14 +140,11 @@ class ReadRecords(beam.DoFn):
             return
         for row in reader:
             raw = {k: v for k, v in row.items() if k is not None}
-            try:
-                json.dumps(raw).encode("utf-8")
-                for v in raw.values():
-                    if isinstance(v, str):
-                        v.encode("utf-8")
-            except UnicodeEncodeError as e:
-                safe = {k: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v for k, v in raw.items()}
-                yield tagged(None, STAGE, "invalid_utf8", repr(safe), f"{name}:{reader.line_num}: {e}")
+            undecodable = [k for k, v in raw.items() if isinstance(v, str) and not _is_utf8(v)]
+            if undecodable:
+                shown = {k: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v for k, v in raw.items()}
+                yield tagged(None, STAGE, "invalid_utf8", repr(shown),
+                             f"{name}:{reader.line_num}: invalid UTF-8 in {', '.join(map(str, undecodable))}")
                 continue
             yield self._fields(raw, raw)
 

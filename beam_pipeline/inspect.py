@@ -1,0 +1,295 @@
+"""``python -m beam_pipeline.inspect --model PATH [--tokenizer PATH] [--json]``: what the job would
+do with a model, before running it.
+
+Prints the model's layers in order (index into ``model.layers``, which is what ``--layer INDEX``
+counts, name, class, output shape, whether the layer supports masking and whether a mask reaches
+it); which layers ``--layer`` can target (the recurrent ones) and which one it targets when omitted
+(the last); for each of those and each ``--mode`` the Parquet columns the job writes, with their
+Arrow types and widths; the recurrent weight arrays with their gate blocks; and, given a
+tokenizer, its vocabulary and a ``WARNING`` line when it can emit ids the first ``Embedding``
+cannot take (the job refuses that pair). ``--json`` prints the same content as one JSON document.
+
+Exit status: 0 after a report (warnings included), 2 when a file is missing or cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pyarrow as pa  # noqa: E402
+
+from beam_pipeline import files, recurrent  # noqa: E402
+from beam_pipeline.keras_tokenizer import KerasTokenizer  # noqa: E402
+from beam_pipeline.options import _embedding_input_dim  # noqa: E402
+from transforms.write import schema  # noqa: E402
+
+# Columns the job writes before the embedding columns, whatever the layer and mode.
+LEADING_COLUMNS = "doc_id: string, num_tokens: int32"
+DTYPE = "float32"
+
+
+class InspectError(Exception):
+    """A file that is missing or cannot be read; reported on stderr with exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_pipeline.inspect",
+        description="Show a Keras model's layers, the recurrent layers the job can target, the Parquet "
+        "columns each --mode writes, and the recurrent weight arrays; check a tokenizer against it.",
+    )
+    parser.add_argument("--model", required=True, help=".keras or .h5 model file (local or gs://).")
+    parser.add_argument("--tokenizer", default=None, help="Legacy Keras Tokenizer JSON to check against the model.")
+    parser.add_argument("--json", action="store_true", help="Print one JSON document instead of text.")
+    parser.add_argument("--unsafe_deserialization", action="store_true",
+                        help="Load models holding Python code (Lambda layers). Only for files you trust.")
+    return parser
+
+
+def _require(path: str, flag: str) -> None:
+    try:
+        found = files.exists(path)
+    except Exception as e:  # e.g. no credentials for gs://
+        raise InspectError(f"--{flag} {path}: cannot be checked: {e}") from e
+    if not found:
+        raise InspectError(f"--{flag} file not found: {path}")
+
+
+def _load(path: str, unsafe_deserialization: bool):
+    local, is_temp = files.local_copy(path)
+    try:
+        return recurrent.load_model(local, unsafe_deserialization=unsafe_deserialization)
+    except recurrent.ModelError as e:
+        raise InspectError(str(e).replace(local, path)) from e
+    finally:
+        if is_temp:
+            os.unlink(local)
+
+
+def _shape(shape) -> list[int | None]:
+    return [None if d is None else int(d) for d in shape]
+
+
+def _output_shapes(layer) -> list[list[int | None]] | None:
+    """The layer's output shape(s); None where Keras cannot tell (an unbuilt or reused layer)."""
+    try:
+        output = layer.output
+    except (AttributeError, ValueError):
+        return None
+    outputs = output if isinstance(output, (list, tuple)) else [output]
+    return [_shape(t.shape) for t in outputs]
+
+
+def _receives_mask(layer, model) -> bool | None:
+    """Whether a mask reaches the layer in the model's graph: passed to it, or carried by its input."""
+    import keras
+
+    if isinstance(layer, keras.layers.InputLayer):
+        return False
+    try:
+        args, kwargs = recurrent._inbound_call(layer, model)
+    except recurrent.ModelError:
+        return None
+    if kwargs.get("mask") is not None:
+        return True
+    return any(getattr(t, "_keras_mask", None) is not None for t in keras.tree.flatten(args))
+
+
+def _type_name(t: pa.DataType) -> str:
+    if pa.types.is_fixed_size_list(t):
+        return f"fixed_size_list<{_type_name(t.value_type)}>[{t.list_size}]"
+    if pa.types.is_list(t):
+        return f"list<{_type_name(t.value_type)}>"
+    return {"float": "float32", "halffloat": "float16"}.get(str(t), str(t))
+
+
+def _columns(info: recurrent.LayerInfo) -> dict[str, list[dict[str, Any]]]:
+    """Per mode, the embedding columns as the job's own Parquet schema declares them."""
+    out = {}
+    for mode in recurrent.MODES:
+        dims = info.columns(mode)
+        arrow = schema(dims, mode, DTYPE, {})
+        out[mode] = [
+            {"name": name, "dim": dim, "type": _type_name(arrow.field(name).type)} for name, dim in dims
+        ]
+    return out
+
+
+def _recurrent_entry(index: int, layer, model) -> dict[str, Any]:
+    entry: dict[str, Any] = {"index": index, "name": layer.name}
+    try:
+        info = recurrent.describe_layer(layer, model)
+        weights = recurrent.weight_table(layer, model)
+    except recurrent.ModelError as e:
+        entry["error"] = str(e)
+        return entry
+    entry.update(
+        class_name=info.class_name,
+        cell_class=info.cell_class,
+        units=info.units,
+        bidirectional=info.bidirectional,
+        merge_mode=info.merge_mode,
+        masked=info.masked,
+        input_dim=info.input_dim,
+        state_names=list(info.state_names),
+        columns=_columns(info),
+        weights=weights,
+    )
+    return entry
+
+
+def _tokenizer_entry(path: str, model, default_layer) -> tuple[dict[str, Any], list[str]]:
+    try:
+        tokenizer = KerasTokenizer.from_json(files.read_bytes(path).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InspectError(f"--tokenizer {path}: {e}") from e
+    input_dim = _embedding_input_dim(model, default_layer)
+    max_id = tokenizer.max_id()
+    fits = input_dim is None or max_id < input_dim
+    entry = {
+        "path": path,
+        "vocab_size": tokenizer.vocab_size,
+        "num_words": tokenizer.num_words,
+        "oov_token": tokenizer.oov_token,
+        "max_id": max_id,
+        "embedding_input_dim": input_dim,
+        "fits": fits,
+    }
+    warnings = [] if fits else [
+        f"the tokenizer can emit ids up to {max_id} but the model's first Embedding has input_dim={input_dim}: "
+        f"ids >= {input_dim} would fail, and the job refuses this pair. Use the tokenizer the model was trained "
+        f"with, or one saved with num_words <= {input_dim}."
+    ]
+    return entry, warnings
+
+
+def build_report(model_path: str, tokenizer_path: str | None = None, unsafe_deserialization: bool = False) -> dict:
+    """Everything ``main`` prints, as plain data. Raises ``InspectError`` for missing or unreadable files."""
+    _require(model_path, "model")
+    if tokenizer_path:
+        _require(tokenizer_path, "tokenizer")
+    model = _load(model_path, unsafe_deserialization)
+    targets = recurrent.recurrent_layers(model)
+    default = targets[-1][1] if targets else None
+    layers = [
+        {
+            "index": i,
+            "name": layer.name,
+            "class_name": type(layer).__name__,
+            "output_shapes": _output_shapes(layer),
+            "supports_masking": bool(getattr(layer, "supports_masking", False)),
+            "receives_mask": _receives_mask(layer, model),
+            "recurrent": recurrent.is_recurrent(layer),
+        }
+        for i, layer in enumerate(model.layers)
+    ]
+    report: dict[str, Any] = {
+        "model": {
+            "path": model_path,
+            "name": model.name,
+            "inputs": [{"name": t.name, "shape": _shape(t.shape), "dtype": str(t.dtype)} for t in model.inputs],
+        },
+        "layers": layers,
+        "default_layer": default.name if default is not None else None,
+        "recurrent_layers": [_recurrent_entry(i, layer, model) for i, layer in targets],
+        "leading_columns": LEADING_COLUMNS,
+        "dtype": DTYPE,
+        "tokenizer": None,
+        "warnings": [],
+    }
+    if not targets:
+        report["warnings"].append("the model has no recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional): "
+                                  "the job cannot use it")
+    if tokenizer_path:
+        report["tokenizer"], warnings = _tokenizer_entry(tokenizer_path, model, default)
+        report["warnings"].extend(warnings)
+    return report
+
+
+def _fmt_shape(shape: list[int | None]) -> str:
+    inner = ", ".join("None" if d is None else str(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def _yes(value: bool | None) -> str:
+    return "?" if value is None else ("yes" if value else "no")
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def render_text(report: dict) -> str:
+    model = report["model"]
+    lines = [f"model {model['path']} (name {model['name']!r}, {len(report['layers'])} layers)"]
+    lines += [f"  input {t['name']}: shape {_fmt_shape(t['shape'])}, {t['dtype']}" for t in model["inputs"]]
+    lines += ["", "layers (--layer takes the name or the index):"]
+    rows = [["index", "name", "class", "output shape", "supports masking", "receives mask", ""]]
+    for layer in report["layers"]:
+        shapes = layer["output_shapes"]
+        role = ""
+        if layer["name"] == report["default_layer"]:
+            role = "default target"
+        elif layer["recurrent"]:
+            role = "targetable"
+        rows.append([
+            str(layer["index"]), layer["name"], layer["class_name"],
+            "?" if shapes is None else ", ".join(_fmt_shape(s) for s in shapes),
+            _yes(layer["supports_masking"]), _yes(layer["receives_mask"]), role,
+        ])
+    lines += _table(rows)
+    targets = report["recurrent_layers"]
+    lines.append("")
+    lines.append("targetable layers (recurrent): "
+                 + (", ".join(f"{t['index']}:{t['name']}" for t in targets) if targets else "none"))
+    if report["default_layer"] is not None:
+        lines.append(f"default layer (no --layer): {report['default_layer']} (the last recurrent layer)")
+    for t in targets:
+        lines += ["", f"layer {t['index']}: {t['name']}"]
+        if "error" in t:
+            lines.append(f"  cannot be targeted: {t['error']}")
+            continue
+        kind = t["class_name"] + (f"({t['cell_class']}, merge_mode={t['merge_mode']})" if t["bidirectional"] else "")
+        lines.append(f"  {kind}, units={t['units']}, input features={t['input_dim']}, "
+                     f"receives a mask={_yes(t['masked'])}")
+        lines.append(f"  Parquet columns after {report['leading_columns']} "
+                     f"({report['dtype']}; float16 with --dtype float16):")
+        for mode, columns in t["columns"].items():
+            described = ", ".join(f"{c['name']}: {c['type']} (dim {c['dim']})" for c in columns)
+            lines.append(f"    --mode {mode:<8} {described}")
+        lines.append("  weights:")
+        weights = [["name", "direction", "shape", "meaning"]]
+        weights += [[w["name"], w["direction"] or "-", _fmt_shape(w["shape"]), w["meaning"]] for w in t["weights"]]
+        lines += _table(weights, indent="    ")
+    tokenizer = report["tokenizer"]
+    if tokenizer is not None:
+        lines += ["", f"tokenizer {tokenizer['path']}: vocabulary size {tokenizer['vocab_size']}, "
+                      f"num_words {tokenizer['num_words']}, oov_token {tokenizer['oov_token']!r}, "
+                      f"largest id it emits {tokenizer['max_id']}, first Embedding input_dim "
+                      f"{tokenizer['embedding_input_dim']}"]
+    if report["warnings"]:
+        lines.append("")
+        lines += [f"WARNING: {w}" for w in report["warnings"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        report = build_report(args.model, args.tokenizer, args.unsafe_deserialization)
+    except InspectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Crashes, reruns and process boundaries: output appears only complete, reruns replace, and the
+graph runs the same on the multi-process DirectRunner and the portable runner (Flink's path)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from beam_pipeline.demo import sample_corpus
+from tests import helpers
+
+
+def _shards(prefix) -> list[str]:
+    return sorted(glob.glob(f"{prefix}-[0-9]*-of-[0-9]*.parquet"))
+
+
+def _by_id(table) -> dict:
+    return dict(zip(table.column("doc_id").to_pylist(), table.column("vector").to_pylist()))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runners")
+    docs = [(d["id"], d["text"]) for d in sample_corpus(300, seed=5)]
+    return helpers.write_jsonl(folder / "corpus.jsonl", docs), docs
+
+
+@pytest.fixture(scope="module")
+def single_process(small_job, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "emb"
+    helpers.run_job(small_job.argv(corpus[0], out))
+    return _by_id(helpers.read_output(str(out)))
+
+
+def test_rerun_replaces_shards_and_never_mixes_runs(small_job, corpus, single_process, tmp_path):
+    out = tmp_path / "emb"
+    helpers.run_job(small_job.argv(corpus[0], out, "--num_shards", "3"))
+    assert len(_shards(out)) == 3
+    helpers.run_job(small_job.argv(corpus[0], out, "--num_shards", "2"))
+    assert [os.path.basename(p) for p in _shards(out)] == ["emb-00000-of-00002.parquet", "emb-00001-of-00002.parquet"]
+    table = helpers.read_output(str(out))
+    assert table.num_rows == len(corpus[1]) and len(set(table.column("doc_id").to_pylist())) == table.num_rows
+
+
+@pytest.mark.parametrize("argv", [
+    ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+    ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
+], ids=["multi_processing", "portable_loopback"])
+def test_same_output_across_process_boundaries(small_job, corpus, single_process, tmp_path, argv):
+    out = tmp_path / "emb"
+    summary = helpers.run_job(small_job.argv(corpus[0], out, *argv))
+    got = _by_id(helpers.read_output(str(out)))
+    assert summary["accounted"] and summary["embedded"] == len(corpus[1])
+    assert sorted(got) == sorted(single_process)
+    for doc_id, vector in single_process.items():
+        np.testing.assert_allclose(got[doc_id], vector, atol=1e-6)
+
+
+def test_killed_run_leaves_no_final_shards_and_rerun_completes(small_job, tmp_path):
+    docs = [(f"k{i}", d["text"]) for i, d in enumerate(sample_corpus(20000, seed=8))]
+    corpus = helpers.write_jsonl(tmp_path / "big.jsonl", docs)
+    out = tmp_path / "out" / "emb"
+    argv = [sys.executable, "-m", "beam_pipeline", *small_job.argv(corpus, out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    # Kill as soon as the Parquet sink has opened its first temp shard: writing has begun.
+    while time.time() < deadline and not glob.glob(str(tmp_path / "out" / "beam-temp-emb-*" / "*")):
+        assert proc.poll() is None, "the job ended before it could be killed"
+        time.sleep(0.01)
+    assert proc.poll() is None, "the job ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _shards(out) == [], "a killed run leaves no final shard"
+    assert not os.path.exists(f"{out}-summary.json")
+    summary = helpers.run_job(small_job.argv(corpus, out))
+    table = helpers.read_output(str(out))
+    ids = table.column("doc_id").to_pylist()
+    assert summary["embedded"] == len(docs) == len(ids) == len(set(ids))
