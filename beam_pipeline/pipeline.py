@@ -42,11 +42,25 @@ def existing_outputs(prefix: str) -> list[str]:
     return sorted(found)
 
 
+def stale_outputs(existing: list[str], written: list[str]) -> list[str]:
+    """Files of an earlier run at the prefix: those whose shard count (-of-NNNNN) differs from this
+    run's for the same kind (Parquet shards or dead letters). A kind of which this run reports no
+    file (a retried finalize that found everything renamed) is left alone."""
+
+    def kind_and_count(path: str) -> tuple[str, str]:
+        stem, _, count = path.rpartition("-of-")
+        return ("errors" if path.endswith(".jsonl") else "shards"), count
+
+    current = {kind_and_count(p) for p in written}
+    kinds = {kind for kind, _ in current}
+    return [p for p in existing if p not in written and kind_and_count(p)[0] in kinds
+            and kind_and_count(p) not in current]
+
+
 def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_reason: dict, written: list[str]):
     """Runs once after every shard is written: removes shards of a previous run at the same prefix
     that this run did not rewrite, then writes ``PREFIX-summary.json``."""
-    keep = set(written)
-    files.delete([p for p in existing_outputs(config.output) if p not in keep])
+    files.delete(stale_outputs(existing_outputs(config.output), written))
     dead = sum(errors_by_reason.values())
     summary = {
         "read": sum(read),
@@ -79,9 +93,7 @@ def build(p: beam.Pipeline, config: JobConfig, paths: list[str]):
     error_files = (
         dead
         | "ErrorsToJson" >> beam.Map(errors.to_json_line)
-        | "WriteErrors" >> beam.io.WriteToText(
-            config.output + "-errors", file_name_suffix=".jsonl", shard_name_template="-SSSSS-of-NNNNN"
-        )
+        | "WriteErrors" >> beam.io.Write(write.JsonLinesShards(config.output + "-errors"))
     )
     by_reason = (
         dead

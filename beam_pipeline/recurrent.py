@@ -287,8 +287,8 @@ def build_submodel(model, layer, mode: str):
     out = clone(*args, **kwargs)
     clone.set_weights(layer.get_weights())
     outputs = list(out) if isinstance(out, (list, tuple)) else [out]
-    if mode == "states":
-        outputs = outputs[1:]  # drop the output; keep the states
+    if mode == "states":  # [output (two with merge_mode=None), *states] -> the states
+        outputs = outputs[-len(info.state_names):]
     elif mode in ("final", "sequence") and info.bidirectional and info.merge_mode is None:
         outputs = [keras.layers.Concatenate(axis=-1)(outputs)]
     return keras.Model(model.inputs, outputs, name=f"{model.name}__{layer.name}__{mode}")

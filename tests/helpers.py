@@ -101,7 +101,11 @@ def reference(model, layer_name: str, mode: str, padded: np.ndarray) -> list[np.
     probe = keras.Model(model.inputs, outputs)
     result = probe.predict(padded, verbose=0, batch_size=64)
     result = result if isinstance(result, list) else [result]
-    return result[1:] if mode == "states" else result  # states: [output, *states] -> the states
+    if mode != "states":
+        return result
+    # return_state gives [output, *states]; Bidirectional(merge_mode=None) gives two outputs first.
+    two_outputs = isinstance(layer, keras.layers.Bidirectional) and layer.merge_mode is None
+    return result[2:] if two_outputs else result[1:]
 
 
 def real_positions(ids_row: np.ndarray, n: int, padding: str, maxlen: int) -> slice:

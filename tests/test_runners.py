@@ -83,3 +83,31 @@ def test_killed_run_leaves_no_final_shards_and_rerun_completes(small_job, tmp_pa
     table = helpers.read_output(str(out))
     ids = table.column("doc_id").to_pylist()
     assert summary["embedded"] == len(docs) == len(ids) == len(set(ids))
+
+
+def test_overwrite_with_another_model_of_same_size_replaces_every_shard(small_job, corpus, tmp_path):
+    """Beam skips renaming a shard over a final file of equal checksum (the size, for local files):
+    the job renames anyway, so a rerun never keeps a previous run's file (here the empty dead-letter
+    shard, which is equal in size every time, must still be there and listed)."""
+    import keras
+
+    model = keras.models.load_model(small_job.model)
+    keras.utils.set_random_seed(99)
+    for weights in model.weights:
+        weights.assign(np.random.default_rng(1).normal(size=weights.shape).astype("float32") * 0.3)
+    folder = small_job.folder.rstrip("/")
+    other = f"{folder[:-1]}{'Z' if folder[-1] != 'Z' else 'Y'}/model.keras"  # same path length: same file size
+    os.makedirs(os.path.dirname(other), exist_ok=True)
+    model.save(other)
+    reference_out = tmp_path / "reference"
+    args = ["--compression", "none", "--num_shards", "1"]
+    helpers.run_job(["--input", corpus[0], "--model", other, "--tokenizer", small_job.tokenizer,
+                     "--output", reference_out, *args])
+    out = tmp_path / "emb"
+    helpers.run_job(small_job.argv(corpus[0], out, *args))
+    first = _by_id(helpers.read_output(str(out)))
+    summary = helpers.run_job(["--input", corpus[0], "--model", other, "--tokenizer", small_job.tokenizer,
+                               "--output", out, "--overwrite", *args])
+    got, want = _by_id(helpers.read_output(str(out))), _by_id(helpers.read_output(str(reference_out)))
+    assert got == want and got != first
+    assert summary["error_files"] and all(os.path.exists(p) for p in summary["error_files"])

@@ -16,6 +16,7 @@ import json
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.io import iobase, parquetio, textio
 
 METADATA_KEY = b"embedding_job"
 
@@ -37,6 +38,44 @@ def _fixed_size(values: np.ndarray, field_type: pa.DataType) -> pa.Array:
     numpy_type = np.float16 if field_type.value_type == pa.float16() else np.float32
     flat = pa.array(values.reshape(-1).astype(numpy_type, copy=False))
     return pa.FixedSizeListArray.from_arrays(flat, type=field_type)
+
+
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+
+
+class ReplaceExistingFiles:
+    """Mixin for Beam file sinks: this run's shard always replaces a final file of the same name.
+
+    Beam's ``FileBasedSink`` deletes a temp shard instead of renaming it when the final file
+    already exists with the same checksum, and for local files the checksum is the file size: a
+    rerun (even with ``--overwrite`` and another model of the same dims) could keep the previous
+    run's shard. Here every temp shard of this run is renamed over its final name.
+    """
+
+    def _check_state_for_finalize_write(self, writer_results, num_shards, window=None):
+        src_files, dst_files, same_checksum, skipped = super()._check_state_for_finalize_write(
+            writer_results, num_shards, window)
+        duplicates = set(same_checksum)
+        for shard_num, src in enumerate(writer_results):  # sorted by Beam, as in its own loop
+            if src in duplicates:
+                src_files.append(src)
+                dst_files.append(self._get_final_name(shard_num, num_shards, window))
+        return src_files, dst_files, [], skipped
+
+
+class ParquetShards(ReplaceExistingFiles, parquetio._ParquetSink):
+    """Beam's Parquet sink (``WriteToParquetBatched``) that replaces existing shards."""
+
+    def __init__(self, prefix: str, arrow_schema: pa.Schema, compression: str, num_shards: int):
+        super().__init__(prefix, arrow_schema, compression, False, False, ".parquet", num_shards, SHARD_TEMPLATE,
+                         "application/x-parquet", None)
+
+
+class JsonLinesShards(ReplaceExistingFiles, textio._TextSink):
+    """Beam's text sink (``WriteToText``) that replaces existing shards."""
+
+    def __init__(self, prefix: str):
+        super().__init__(prefix, file_name_suffix=".jsonl", shard_name_template=SHARD_TEMPLATE)
 
 
 class ToArrowTables(beam.DoFn):
@@ -98,13 +137,7 @@ class WriteEmbeddings(beam.PTransform):
 
     def expand(self, embedded):
         tables = embedded | "ToArrow" >> beam.ParDo(ToArrowTables(self.schema, self.mode, self.row_group_bytes))
-        shards = tables | "WriteParquet" >> beam.io.WriteToParquetBatched(
-            self.prefix,
-            schema=self.schema,
-            codec=self.compression,
-            file_name_suffix=".parquet",
-            num_shards=self.num_shards,
-            shard_name_template="-SSSSS-of-NNNNN",
-        )
+        shards = tables | "WriteParquet" >> iobase.Write(
+            ParquetShards(self.prefix, self.schema, self.compression, self.num_shards))
         rows = tables | "CountRows" >> beam.Map(lambda t: t.num_rows) | "SumRows" >> beam.CombineGlobally(sum)
         return shards, rows
