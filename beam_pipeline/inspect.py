@@ -26,7 +26,6 @@ import pyarrow as pa  # noqa: E402
 
 from beam_pipeline import files, recurrent  # noqa: E402
 from beam_pipeline.keras_tokenizer import KerasTokenizer  # noqa: E402
-from beam_pipeline.options import _embedding_input_dim  # noqa: E402
 from transforms.write import schema  # noqa: E402
 
 # Columns the job writes before the embedding columns, whatever the layer and mode.
@@ -93,7 +92,7 @@ def _receives_mask(layer, model) -> bool | None:
     if isinstance(layer, keras.layers.InputLayer):
         return False
     try:
-        args, kwargs = recurrent._inbound_call(layer, model)
+        args, kwargs = recurrent.inbound_call(layer, model)
     except recurrent.ModelError:
         return None
     if kwargs.get("mask") is not None:
@@ -149,7 +148,7 @@ def _tokenizer_entry(path: str, model, default_layer) -> tuple[dict[str, Any], l
         tokenizer = KerasTokenizer.from_json(files.read_bytes(path).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise InspectError(f"--tokenizer {path}: {e}") from e
-    input_dim = _embedding_input_dim(model, default_layer)
+    input_dim = recurrent.embedding_input_dim(model, default_layer)
     max_id = tokenizer.max_id()
     fits = input_dim is None or max_id < input_dim
     entry = {

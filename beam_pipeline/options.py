@@ -22,6 +22,16 @@ class ConfigError(ValueError):
     """Wrong configuration, found before any work starts."""
 
 
+def _flag(value: str) -> bool:
+    """A switch that also takes a value (``--overwrite``, ``--overwrite=true``), as Flex Templates pass it."""
+    lowered = value.strip().lower()
+    if lowered in ("", "1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 class EmbeddingOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
@@ -45,9 +55,9 @@ class EmbeddingOptions(PipelineOptions):
         parser.add_argument("--compression", default="zstd", choices=COMPRESSIONS)
         parser.add_argument("--dtype", default="float32", choices=("float32", "float16"))
         parser.add_argument("--row_group_mb", type=int, default=64, help="Target Parquet row group size in MiB.")
-        parser.add_argument("--overwrite", action="store_true",
+        parser.add_argument("--overwrite", nargs="?", const=True, default=False, type=_flag,
                             help="Replace shards of a different model/layer/mode at the output prefix.")
-        parser.add_argument("--unsafe_deserialization", action="store_true",
+        parser.add_argument("--unsafe_deserialization", nargs="?", const=True, default=False, type=_flag,
                             help="Load models holding Python code (Lambda layers). Only for files you trust.")
 
 
@@ -117,18 +127,6 @@ def _fixed_input_length(model) -> int | None:
     return int(shape[1]) if len(shape) >= 2 and shape[1] is not None else None
 
 
-def _embedding_input_dim(model, layer) -> int | None:
-    """input_dim of the first Embedding layer before the target, if any."""
-    import keras
-
-    for candidate in model.layers:
-        if candidate is layer:
-            break
-        if isinstance(candidate, keras.layers.Embedding):
-            return int(candidate.input_dim)
-    return None
-
-
 def resolve(options: PipelineOptions) -> JobConfig:
     """Validates the options against the model and tokenizer; raises ConfigError on any problem."""
     from beam_pipeline.keras_tokenizer import KerasTokenizer
@@ -186,7 +184,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"--tokenizer {o.tokenizer}: {e}") from e
     tokenizer_sha = files.sha256_of(o.tokenizer)
-    input_dim = _embedding_input_dim(model, layer)
+    input_dim = recurrent.embedding_input_dim(model, layer)
     if input_dim is not None and tokenizer.max_id() >= input_dim:
         raise ConfigError(
             f"the tokenizer can emit ids up to {tokenizer.max_id()} but the model's Embedding has "

@@ -214,7 +214,7 @@ def _graph(model):
     return getattr(model, "_functional", None) or model
 
 
-def _inbound_call(layer, model=None):
+def inbound_call(layer, model=None):
     """(args, kwargs) with which ``layer`` is called in ``model``'s graph, mask included."""
     nodes = list(getattr(layer, "_inbound_nodes", []))
     if model is not None and len(nodes) > 1:
@@ -243,7 +243,7 @@ def describe_layer(layer, model=None) -> LayerInfo:
     base = ("h", "c")[:n_states] if n_states <= 2 else tuple(f"s{i}" for i in range(n_states))
     bidirectional = isinstance(layer, keras.layers.Bidirectional)
     names = tuple(f"{n}_{d}" for d in ("fw", "bw") for n in base) if bidirectional else base
-    args, kwargs = _inbound_call(layer, model)
+    args, kwargs = inbound_call(layer, model)
     mask = kwargs.get("mask")
     return LayerInfo(
         name=layer.name,
@@ -281,7 +281,7 @@ def build_submodel(model, layer, mode: str):
     """
     keras = _keras()
     info = describe_layer(layer, model)
-    args, kwargs = _inbound_call(layer, model)
+    args, kwargs = inbound_call(layer, model)
     kwargs["training"] = False
     clone = _clone_for_mode(layer, mode)
     out = clone(*args, **kwargs)
@@ -292,6 +292,17 @@ def build_submodel(model, layer, mode: str):
     elif mode in ("final", "sequence") and info.bidirectional and info.merge_mode is None:
         outputs = [keras.layers.Concatenate(axis=-1)(outputs)]
     return keras.Model(model.inputs, outputs, name=f"{model.name}__{layer.name}__{mode}")
+
+
+def embedding_input_dim(model, layer) -> int | None:
+    """input_dim of the first Embedding layer before the target, if any."""
+    keras = _keras()
+    for candidate in model.layers:
+        if candidate is layer:
+            break
+        if isinstance(candidate, keras.layers.Embedding):
+            return int(candidate.input_dim)
+    return None
 
 
 def weight_table(layer, model=None) -> list[dict[str, Any]]:

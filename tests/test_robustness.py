@@ -241,3 +241,13 @@ def test_no_pickle_of_user_files_anywhere():
             source = open(path, encoding="utf-8").read()
             assert "import pickle" not in source and "pickle.load" not in source, path
             assert "safe_mode=False" not in source, path
+
+
+@pytest.mark.parametrize("value,expected", [(None, True), ("true", True), ("false", False), ("1", True)])
+def test_switches_take_a_value_as_flex_templates_pass_them(value, expected):
+    from beam_pipeline.options import EmbeddingOptions
+
+    argv = ["--overwrite"] if value is None else [f"--overwrite={value}", f"--unsafe_deserialization={value}"]
+    options = PipelineOptions(argv).view_as(EmbeddingOptions)
+    assert options.overwrite is expected
+    assert options.unsafe_deserialization is (expected if value is not None else False)
