@@ -112,6 +112,7 @@ def print_summary(summary: dict) -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("beam_pipeline").setLevel(logging.INFO)
     try:
         summary = run()
     except ConfigError as e:

@@ -52,6 +52,8 @@ class EmbeddingOptions(PipelineOptions):
         parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
         parser.add_argument("--length_bucketing", default="auto", choices=("auto", "off"),
                             help="auto: for masked models, sort by length and pad each batch to its longest.")
+        parser.add_argument("--jit", default="auto", choices=("auto", "off"),
+                            help="auto: on the CPU, XLA-compile the sub-model for batch shapes that repeat.")
         parser.add_argument("--compression", default="zstd", choices=COMPRESSIONS)
         parser.add_argument("--dtype", default="float32", choices=("float32", "float16"))
         parser.add_argument("--row_group_mb", type=int, default=64, help="Target Parquet row group size in MiB.")
@@ -80,6 +82,7 @@ class JobConfig:
     batch_size: int
     device: str
     length_bucketing: bool
+    jit: bool
     compression: str
     dtype: str
     row_group_bytes: int
@@ -218,6 +221,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         batch_size=o.batch_size,
         device=o.device,
         length_bucketing=o.length_bucketing == "auto" and info.masked,
+        jit=o.jit == "auto",
         compression=o.compression,
         dtype=o.dtype,
         row_group_bytes=o.row_group_mb << 20,

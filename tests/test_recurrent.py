@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from beam_pipeline.inference import Embedder
+from beam_pipeline import inference
+from beam_pipeline.inference import WIDTH_STEP, Embedder
 from tests import helpers
 
 MAXLEN = 14
@@ -63,13 +64,14 @@ def test_bidirectional_every_merge_mode_equals_keras(merge_mode, mode):
 def test_length_bucketing_gives_the_same_vectors_as_fixed_maxlen_padding(cell, padding):
     layer = getattr(keras.layers, cell)
     model = _model(lambda x: keras.layers.Bidirectional(layer(4, return_sequences=True), name="bi")(x))
-    seqs = _sequences(2, longest=MAXLEN - 4)
+    seqs = _sequences(2, longest=WIDTH_STEP - 2)
     for mode in ("final", "sequence", "states"):
         trimmed = Embedder(model, "bi", mode, MAXLEN, padding=padding, length_bucketing=True)
         fixed = Embedder(model, "bi", mode, MAXLEN, padding=padding, length_bucketing=False)
         assert trimmed.trim and not fixed.trim
         a, b = trimmed.embed(seqs), fixed.embed(seqs)
-        assert a.padded_timesteps == len(seqs) * max(map(len, seqs)) < b.padded_timesteps == len(seqs) * MAXLEN
+        longest = min(-(-max(map(len, seqs)) // WIDTH_STEP) * WIDTH_STEP, MAXLEN)
+        assert a.padded_timesteps == len(seqs) * longest < b.padded_timesteps == len(seqs) * MAXLEN
         for name in a.columns:
             np.testing.assert_allclose(a.columns[name], b.columns[name], atol=1e-5, rtol=0)
         _compare(model, "bi", mode, seqs, padding)
@@ -78,7 +80,7 @@ def test_length_bucketing_gives_the_same_vectors_as_fixed_maxlen_padding(cell, p
 def test_short_batches_pad_only_to_their_longest_document():
     model = _model(lambda x: keras.layers.LSTM(3, name="lstm")(x))
     _, out = _compare(model, "lstm", "final", [[1, 2], [3], [4, 5, 6]], "pre")
-    assert out.padded_timesteps == 3 * 3
+    assert out.padded_timesteps == 3 * WIDTH_STEP < 3 * MAXLEN
 
 
 def test_unmasked_models_keep_the_trained_padding():
@@ -95,3 +97,20 @@ def test_layer_trained_with_return_sequences_gives_its_final_vector():
                                                                                       name="lstm")(x)))
     _compare(model, "lstm", "final", _sequences(4), "post")
     _compare(model, "lstm", "states", _sequences(4), "post")
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_xla_compiled_batches_equal_the_graph_function(masked, monkeypatch):
+    """A batch shape that keeps coming back switches to the XLA-compiled function; values must not move."""
+    monkeypatch.setattr(inference, "XLA_COMPILE_BUDGET_S", 1e-9)  # compile from the first repeat on
+    model = _model(lambda x: keras.layers.LSTM(5, name="lstm")(x), mask_zero=masked)
+    seqs = _sequences(5, n=16)
+    plain = Embedder(model, "lstm", "sequence", MAXLEN, jit=False).embed(seqs).columns["vectors"]
+    jitted = Embedder(model, "lstm", "sequence", MAXLEN, jit=True)
+    calls = []
+    original = jitted._xla_fn
+    jitted._xla_fn = lambda batch: calls.append(batch.shape) or original(batch)
+    runs = [jitted.embed(seqs).columns["vectors"] for _ in range(3)]
+    assert len(calls) == 2, "the first batch of a shape runs on the graph function, the repeats on XLA"
+    for out in runs:
+        np.testing.assert_allclose(out, plain, atol=1e-5, rtol=0)

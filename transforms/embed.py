@@ -55,6 +55,7 @@ class RecurrentModelHandler(ModelHandler):
             truncating=self.config.truncating,
             length_bucketing=self.config.length_bucketing,
             device=device,
+            jit=self.config.jit,
         )
 
     def run_inference(self, batch: Sequence[list[int]], model, inference_args=None) -> Iterable[tuple]:

@@ -23,8 +23,9 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
-from transforms.errors import tagged
+from transforms.errors import NAMESPACE, tagged
 
 COUNTS = "counts"
 STAGE = "read"
@@ -79,6 +80,7 @@ class ReadRecords(beam.DoFn):
             for out in records:
                 count += 1
                 yield out
+        Metrics.counter(NAMESPACE, "docs_read").inc(count)
         yield beam.pvalue.TaggedOutput(COUNTS, count)
 
     def _fields(self, record: dict, raw: object):

@@ -12,11 +12,18 @@ temp directory and renames on success, so a killed run leaves no final shard beh
 from __future__ import annotations
 
 import json
+import logging
+import time
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.io import iobase, parquetio, textio
+from apache_beam.metrics import Metrics
+
+from transforms.errors import NAMESPACE
+
+LOG = logging.getLogger("beam_pipeline.progress")
 
 METADATA_KEY = b"embedding_job"
 
@@ -78,6 +85,24 @@ class JsonLinesShards(ReplaceExistingFiles, textio._TextSink):
         super().__init__(prefix, file_name_suffix=".jsonl", shard_name_template=SHARD_TEMPLATE)
 
 
+class Progress:
+    """Logs documents embedded so far and the rate, at most every ``every_s`` seconds, per worker."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s = every_s
+        self.count = 0
+        self.start = self.last = time.monotonic()
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.count % 256:
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            LOG.info("progress: %d documents embedded, %.0f docs/s", self.count, self.count / (now - self.start))
+
+
 class ToArrowTables(beam.DoFn):
     """Buffers ``(doc_id, (num_tokens, arrays))`` and emits ``pa.Table``s of ~``target_bytes``."""
 
@@ -88,12 +113,16 @@ class ToArrowTables(beam.DoFn):
         self._rows: list = []
         self._bytes = 0
 
+    def setup(self):
+        self._progress = Progress()
+
     def start_bundle(self):
         self._rows, self._bytes = [], 0
 
     def process(self, element):
         self._rows.append(element)
         self._bytes += sum(a.nbytes for a in element[1][1])
+        self._progress.tick()
         if self._bytes >= self.target_bytes:
             yield self._table()
 
@@ -106,6 +135,7 @@ class ToArrowTables(beam.DoFn):
 
     def _table(self) -> pa.Table:
         rows, self._rows, self._bytes = self._rows, [], 0
+        Metrics.counter(NAMESPACE, "embedded").inc(len(rows))
         ids = pa.array([doc_id for doc_id, _ in rows], type=pa.string())
         num_tokens = pa.array(np.fromiter((r[1][0] for r in rows), dtype=np.int32, count=len(rows)))
         arrays = [ids, num_tokens]
