@@ -43,6 +43,7 @@ class EmbeddedBatch:
     offsets: np.ndarray | None
     padded_timesteps: int
     seconds: float
+    windows: np.ndarray | None = None  # (B,) int32 windows read per document (--long_docs carry)
 
 
 def configure_device(device: str) -> str:
@@ -110,7 +111,9 @@ class Embedder:
         length_bucketing: bool = True,
         device: str = "cpu",
         jit: bool = True,
+        long_docs: str = "truncate",
     ):
+        self.model_for_windows = model
         self.layer = recurrent.find_layer(model, layer_spec)
         self.info = recurrent.describe_layer(self.layer, model)
         self.mode = mode
@@ -119,11 +122,19 @@ class Embedder:
         self.truncating = truncating
         self.trim = bool(length_bucketing and self.info.masked)
         self.submodel = recurrent.build_submodel(model, self.layer, mode)
-        self.input_dtype = str(model.inputs[0].dtype)
+        # A model fed one-hot sequences gets token ids too: the one-hot tensor is built inside the
+        # compiled step, padding (id 0) as the all-zero vector.
+        self.one_hot_depth = recurrent.one_hot_depth(model)
+        self.model_dtype = str(model.inputs[0].dtype)
+        self.input_dtype = "int32" if self.one_hot_depth else self.model_dtype
         self.column_names = [name for name, _ in self.info.columns(mode)]
         # XLA on the CPU only: on a GPU the cuDNN kernel is the fast path, and XLA would lose it.
         self.jit = bool(jit and device == "cpu")
         self._graph_seconds: dict[tuple[int, int], float] = {}
+        self.carry = long_docs == "carry"
+        if self.carry:
+            self.trim = False  # every window is maxlen wide; the states carry the document across them
+            self._window_fn, self._state_sizes, self._n_target = self._compile_window()
         self._graph_fn, self._xla_fn = self._compile()
         self.kernel = kernel_path(self.info, self.layer, device) + (", XLA-compiled for repeated shapes" if self.jit
                                                                     else "")
@@ -137,14 +148,92 @@ class Embedder:
         import keras
 
         if keras.backend.backend() != "tensorflow":
-            return self.submodel.predict_on_batch, None
+            return lambda x: self.submodel.predict_on_batch(self._one_hot_numpy(x)), None
         import tensorflow as tf
 
         spec = [tf.TensorSpec([None, None], tf.dtypes.as_dtype(self.input_dtype))]
-        call = lambda x: self.submodel(x, training=False)  # noqa: E731
+
+        def call(x):
+            if self.one_hot_depth:
+                real = tf.cast(tf.not_equal(x, 0), self.model_dtype)[..., None]
+                x = tf.one_hot(x, self.one_hot_depth, dtype=self.model_dtype) * real
+            return self.submodel(x, training=False)
+
         graph = tf.function(call, input_signature=spec, reduce_retracing=True)
         xla = tf.function(call, input_signature=spec, jit_compile=True) if self.jit else None
         return graph, xla
+
+    def _compile_window(self):
+        """The one-window step of ``--long_docs carry`` as a traced function of (ids, *states)."""
+        import tensorflow as tf
+
+        window_model, sizes, n_target = recurrent.build_window_model(self.model_for_windows, self.layer, self.mode)
+        specs = [tf.TensorSpec([None, None], tf.dtypes.as_dtype(self.input_dtype))]
+        specs += [tf.TensorSpec([None, n], tf.float32) for n in sizes]
+
+        def step(x, *states):
+            if self.one_hot_depth:
+                real = tf.cast(tf.not_equal(x, 0), self.model_dtype)[..., None]
+                x = tf.one_hot(x, self.one_hot_depth, dtype=self.model_dtype) * real
+            return window_model([x, *states], training=False)
+
+        return tf.function(step, input_signature=specs, reduce_retracing=True), sizes, n_target
+
+    def _embed_carry(self, seqs: list[list[int]]) -> EmbeddedBatch:
+        """Reads each document window by window, every recurrent layer starting from the states it
+        ended the previous window in: one pass over the whole document, in ``maxlen`` pieces.
+
+        Masked models: windows are the document's tokens in order, the last right-padded (masked).
+        Unmasked models: the document is padded to whole windows with ``--padding``, as trained."""
+        w = self.maxlen
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int32, count=len(seqs))
+        windows = np.maximum(1, -(-lengths // w)).astype(np.int32)
+        full, real_full = [], []
+        for ids, n in zip(seqs, windows):
+            width = int(n) * w
+            padded = np.zeros(width, dtype=self.input_dtype)
+            real = np.zeros(width, dtype=bool)
+            start = width - len(ids) if (not self.info.masked and self.padding == "pre") else 0
+            padded[start:start + len(ids)] = ids
+            real[start:start + len(ids)] = True
+            full.append(padded)
+            real_full.append(real)
+        states = [np.zeros((len(seqs), n), dtype=np.float32) for n in self._state_sizes]
+        finals: list = [None] * len(seqs)
+        pieces: list[list[np.ndarray]] = [[] for _ in seqs]
+        padded_timesteps, seconds = 0, 0.0
+        for k in range(int(windows.max(initial=0))):
+            active = np.flatnonzero(windows > k)
+            batch = np.stack([full[i][k * w:(k + 1) * w] for i in active])
+            start = time.perf_counter()
+            out = _as_arrays(self._window_fn(batch, *[st[active] for st in states]))
+            seconds += time.perf_counter() - start
+            padded_timesteps += batch.size
+            target, new_states = out[:self._n_target], out[self._n_target:]
+            for st, new in zip(states, new_states):
+                st[active] = new
+            for row, i in enumerate(active):
+                if self.mode == "sequence":
+                    pieces[i].append(target[0][row][real_full[i][k * w:(k + 1) * w]])
+                elif k == windows[i] - 1:
+                    finals[i] = [t[row] for t in target]
+        offsets = None
+        if self.mode == "sequence":
+            columns = {self.column_names[0]: np.ascontiguousarray(
+                np.concatenate([np.concatenate(p) for p in pieces]), dtype=np.float32)}
+            offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+        else:
+            columns = {name: np.stack([f[j] for f in finals]).astype(np.float32)
+                       for j, name in enumerate(self.column_names)}
+        return EmbeddedBatch(lengths, columns, offsets, padded_timesteps, seconds, windows)
+
+    def _one_hot_numpy(self, batch: np.ndarray) -> np.ndarray:
+        if not self.one_hot_depth:
+            return batch
+        eye = np.eye(self.one_hot_depth, dtype=self.model_dtype)
+        eye[0] = 0
+        return eye[batch]
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Runs a padded batch on the graph function, or on the XLA one once its shape has spent
@@ -177,7 +266,9 @@ class Embedder:
         return batch, lengths, real
 
     def embed(self, seqs: list[list[int]]) -> EmbeddedBatch:
-        """Vectors for already truncated token-id sequences (each ``1 <= len <= maxlen``)."""
+        """Vectors for token-id sequences, each ``1 <= len <= maxlen`` (any length with carry)."""
+        if self.carry:
+            return self._embed_carry(seqs)
         batch, lengths, real = self.pad(seqs)
         start = time.perf_counter()
         outputs = self._run(batch)

@@ -45,6 +45,9 @@ class EmbeddingOptions(PipelineOptions):
                             help="Timesteps per document; default: the model's fixed input length.")
         parser.add_argument("--padding", default="pre", choices=("pre", "post"))
         parser.add_argument("--truncating", default="pre", choices=("pre", "post"))
+        parser.add_argument("--long_docs", default="truncate", choices=("truncate", "carry"),
+                            help="truncate: cut at maxlen as pad_sequences does; carry: read every maxlen window "
+                                 "in turn, the recurrent states carried from one to the next.")
         parser.add_argument("--id_field", default="id")
         parser.add_argument("--text_field", default="text")
         parser.add_argument("--num_shards", type=int, default=0, help="0: let the runner decide.")
@@ -76,6 +79,7 @@ class JobConfig:
     maxlen: int
     padding: str
     truncating: str
+    long_docs: str
     id_field: str
     text_field: str
     num_shards: int
@@ -111,12 +115,14 @@ class JobConfig:
             "merge_mode": info["merge_mode"],
             "units": info["units"],
             "masked": info["masked"],
+            "input": info["input"],
             "mode": self.mode,
             "columns": {name: dim for name, dim in self.columns},
             "dtype": self.dtype,
             "maxlen": self.maxlen,
             "padding": self.padding,
             "truncating": self.truncating,
+            "long_docs": self.long_docs,
             "tokenizer": self.tokenizer,
             "tokenizer_sha256": self.tokenizer_sha256,
         }
@@ -164,6 +170,8 @@ def resolve(options: PipelineOptions) -> JobConfig:
     try:
         layer = recurrent.find_layer(model, o.layer)
         info = recurrent.describe_layer(layer, model)
+        if o.long_docs == "carry":
+            recurrent.carry_chain(model, layer)
     except recurrent.ModelError as e:
         raise ConfigError(str(e)) from e
 
@@ -187,6 +195,12 @@ def resolve(options: PipelineOptions) -> JobConfig:
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"--tokenizer {o.tokenizer}: {e}") from e
     tokenizer_sha = files.sha256_of(o.tokenizer)
+    depth = recurrent.one_hot_depth(model)
+    if depth is not None and tokenizer.max_id() >= depth:
+        raise ConfigError(
+            f"the model takes a one-hot input of depth {depth} but the tokenizer can emit ids up to "
+            f"{tokenizer.max_id()}: use the tokenizer the model was trained with."
+        )
     input_dim = recurrent.embedding_input_dim(model, layer)
     if input_dim is not None and tokenizer.max_id() >= input_dim:
         raise ConfigError(
@@ -203,6 +217,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         "bidirectional": info.bidirectional,
         "merge_mode": info.merge_mode,
         "masked": info.masked,
+        "input": "one_hot" if depth else "token_ids",
         "columns": info.columns(o.mode),
     }
     return JobConfig(
@@ -215,6 +230,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         maxlen=maxlen,
         padding=o.padding,
         truncating=o.truncating,
+        long_docs=o.long_docs,
         id_field=o.id_field,
         text_field=o.text_field,
         num_shards=o.num_shards,

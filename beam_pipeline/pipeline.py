@@ -82,10 +82,11 @@ def build(p: beam.Pipeline, config: JobConfig, paths: list[str]):
     """Adds the whole job to ``p``."""
     read = p | "Read" >> ReadCorpus(paths, config.id_field, config.text_field)
     tokens = read.docs | "Tokenize" >> beam.ParDo(
-        Tokenize(config.tokenizer, config.maxlen, config.truncating)
+        Tokenize(config.tokenizer, None if config.long_docs == "carry" else config.maxlen, config.truncating)
     ).with_outputs(errors.ERRORS, main="ids")
     embedded, failed = tokens.ids | "Embed" >> Embed(config)
-    arrow_schema = write.schema(config.columns, config.mode, config.dtype, config.provenance())
+    arrow_schema = write.schema(config.columns, config.mode, config.dtype, config.provenance(),
+                                windows=config.long_docs == "carry")
     shards, rows = embedded | "Write" >> write.WriteEmbeddings(
         config.output, arrow_schema, config.mode, config.num_shards, config.compression, config.row_group_bytes
     )

@@ -294,6 +294,15 @@ def build_submodel(model, layer, mode: str):
     return keras.Model(model.inputs, outputs, name=f"{model.name}__{layer.name}__{mode}")
 
 
+def one_hot_depth(model) -> int | None:
+    """The vocabulary size of a model fed one-hot sequences ``(timesteps, vocab)``, else None."""
+    shape = model.inputs[0].shape
+    dtype = str(model.inputs[0].dtype)
+    if len(shape) == 3 and shape[-1] is not None and "float" in dtype:
+        return int(shape[-1])
+    return None
+
+
 def embedding_input_dim(model, layer) -> int | None:
     """input_dim of the first Embedding layer before the target, if any."""
     keras = _keras()
@@ -303,6 +312,87 @@ def embedding_input_dim(model, layer) -> int | None:
         if isinstance(candidate, keras.layers.Embedding):
             return int(candidate.input_dim)
     return None
+
+
+_PER_TIMESTEP = ("Embedding", "Masking", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout",
+                 "TimeDistributed", "Dense", "Activation")
+
+
+def carry_chain(model, layer) -> list:
+    """The layers from the model's input up to and including ``layer``, checked for
+    ``--long_docs carry``: windows read one after another with the states carried equal one pass
+    over the whole document only if every layer below the target treats timesteps one by one, or is
+    a unidirectional recurrent layer with ``return_sequences=True`` (which then carries its own
+    states too). Raises ModelError naming the first layer that breaks this."""
+    keras = _keras()
+    if isinstance(layer, keras.layers.Bidirectional):
+        raise ModelError(
+            f"--long_docs carry cannot run the Bidirectional layer {layer.name!r} window by window: its backward "
+            "direction needs the end of the document first. Use --long_docs truncate, or target a unidirectional layer."
+        )
+    if getattr(layer, "go_backwards", False):
+        raise ModelError(f"--long_docs carry: layer {layer.name!r} reads backwards (go_backwards=True); not supported.")
+    chain = [layer]
+    current = layer
+    while True:
+        args, _ = inbound_call(current, model)
+        below = args[0]._keras_history.operation
+        if isinstance(below, keras.layers.InputLayer):
+            break
+        name = f"{below.name!r} ({type(below).__name__})"
+        if _is_rnn(below):
+            if not below.return_sequences or below.go_backwards:
+                raise ModelError(f"--long_docs carry: recurrent layer {name} below the target must be unidirectional "
+                                 "with return_sequences=True.")
+        elif type(below).__name__ not in _PER_TIMESTEP:
+            raise ModelError(
+                f"--long_docs carry: layer {name} below the target mixes timesteps or is not per-timestep; carry "
+                f"needs per-timestep layers ({', '.join(_PER_TIMESTEP)}) or unidirectional recurrent layers with "
+                "return_sequences=True. Use --long_docs truncate."
+            )
+        chain.append(below)
+        current = below
+    return chain[::-1]
+
+
+def build_window_model(model, layer, mode: str):
+    """A model that reads one window: inputs ``[ids, *states_in]``, outputs ``[*target outputs,
+    *states_out]``, with one initial-state input (and final-state output) per state of every
+    recurrent layer in the chain. The target outputs are as in ``build_submodel`` for ``mode``;
+    ``states_out`` is in chain order, the target's own states last.
+
+    Returns (model, state sizes in input order, number of target outputs)."""
+    keras = _keras()
+    chain = carry_chain(model, layer)
+    info = describe_layer(layer, model)
+    shape = (None,) + tuple(model.inputs[0].shape[2:])
+    ids = keras.Input(shape, dtype=model.inputs[0].dtype, name="window")
+    state_inputs, state_outputs, sizes = [], [], []
+    x, mask = ids, None
+    for below in chain:
+        if not _is_rnn(below):
+            # Masks are carried by hand: Keras does not pass them on to a layer called with initial_state.
+            x, mask = below(x, training=False), below.compute_mask(x, mask)
+            continue
+        is_target = below is layer
+        config = below.get_config()
+        config.update(return_state=True, stateful=False,
+                      return_sequences=(mode == "sequence") if is_target else True)
+        config["name"] = f"{below.name}__window"
+        clone = below.__class__.from_config(config)
+        size = below.cell.state_size
+        size = list(size) if isinstance(size, (list, tuple)) else [size]
+        states_in = [keras.Input((int(n),), name=f"{below.name}__state{i}") for i, n in enumerate(size)]
+        out = clone(x, mask=mask, initial_state=states_in if len(states_in) > 1 else states_in[0], training=False)
+        clone.set_weights(below.get_weights())
+        x, states_out = out[0], list(out[1:])
+        state_inputs += states_in
+        state_outputs += states_out
+        sizes += [int(n) for n in size]
+    target_outputs = list(state_outputs[-len(info.state_names):]) if mode == "states" else [x]
+    window_model = keras.Model([ids, *state_inputs], [*target_outputs, *state_outputs],
+                               name=f"{layer.name}__{mode}__window")
+    return window_model, sizes, len(target_outputs)
 
 
 def weight_table(layer, model=None) -> list[dict[str, Any]]:

@@ -56,6 +56,7 @@ class RecurrentModelHandler(ModelHandler):
             length_bucketing=self.config.length_bucketing,
             device=device,
             jit=self.config.jit,
+            long_docs=self.config.long_docs,
         )
 
     def run_inference(self, batch: Sequence[list[int]], model, inference_args=None) -> Iterable[tuple]:
@@ -66,11 +67,12 @@ class RecurrentModelHandler(ModelHandler):
         Metrics.distribution(NAMESPACE, "inference_ms").update(int(out.seconds * 1000))
         columns = list(out.columns.values())
         lengths = out.lengths.tolist()
+        windows = out.windows.tolist() if out.windows is not None else [None] * len(lengths)
         if out.offsets is not None:
             flat = columns[0]
             offsets = out.offsets.tolist()
-            return [(n, (flat[offsets[i]:offsets[i + 1]],)) for i, n in enumerate(lengths)]
-        return [(n, tuple(col[i] for col in columns)) for i, n in enumerate(lengths)]
+            return [(n, (flat[offsets[i]:offsets[i + 1]],), windows[i]) for i, n in enumerate(lengths)]
+        return [(n, tuple(col[i] for col in columns), windows[i]) for i, n in enumerate(lengths)]
 
     def get_num_bytes(self, batch: Sequence[list[int]]) -> int:
         return 4 * sum(len(ids) for ids in batch)
@@ -111,7 +113,8 @@ class SortByLength(beam.DoFn):
 
 
 class Embed(beam.PTransform):
-    """``(doc_id, ids)`` -> ``(doc_id, (num_tokens, tuple of arrays))`` in the order of the columns,
+    """``(doc_id, ids)`` -> ``(doc_id, (num_tokens, tuple of arrays, windows or None))``, arrays in
+    the order of the columns,
     and the dead letters of batches whose inference failed."""
 
     def __init__(self, config: JobConfig):

@@ -20,7 +20,8 @@ STAGE = "tokenize"
 
 
 class Tokenize(beam.DoFn):
-    def __init__(self, tokenizer_path: str, maxlen: int, truncating: str):
+    def __init__(self, tokenizer_path: str, maxlen: int | None, truncating: str):
+        """``maxlen=None`` keeps every token (``--long_docs carry``)."""
         self.tokenizer_path = tokenizer_path
         self.maxlen = maxlen
         self.truncating = truncating
@@ -41,6 +42,6 @@ class Tokenize(beam.DoFn):
             yield tagged(doc_id, STAGE, "no_tokens", text,
                          "every token was filtered out or is unknown to the tokenizer (no oov_token)")
             return
-        if len(ids) > self.maxlen:
+        if self.maxlen is not None and len(ids) > self.maxlen:
             ids = ids[-self.maxlen:] if self.truncating == "pre" else ids[: self.maxlen]
         yield doc_id, ids

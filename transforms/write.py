@@ -32,8 +32,11 @@ def value_type(dtype: str) -> pa.DataType:
     return pa.float16() if dtype == "float16" else pa.float32()
 
 
-def schema(columns: list[tuple[str, int]], mode: str, dtype: str, provenance: dict) -> pa.Schema:
+def schema(columns: list[tuple[str, int]], mode: str, dtype: str, provenance: dict, windows: bool = False) -> pa.Schema:
+    """``doc_id``, ``num_tokens``, (``windows`` with ``--long_docs carry``), then the embedding columns."""
     fields = [pa.field("doc_id", pa.string(), nullable=False), pa.field("num_tokens", pa.int32(), nullable=False)]
+    if windows:
+        fields.append(pa.field("windows", pa.int32(), nullable=False))
     for name, dim in columns:
         vec = pa.list_(pa.field("element", value_type(dtype), nullable=False), dim)
         fields.append(pa.field(name, pa.list_(pa.field("element", vec, nullable=False)) if mode == "sequence" else vec,
@@ -139,7 +142,11 @@ class ToArrowTables(beam.DoFn):
         ids = pa.array([doc_id for doc_id, _ in rows], type=pa.string())
         num_tokens = pa.array(np.fromiter((r[1][0] for r in rows), dtype=np.int32, count=len(rows)))
         arrays = [ids, num_tokens]
-        for index, field in enumerate(list(self.schema)[2:]):
+        first = 2
+        if self.schema.names[2] == "windows":
+            arrays.append(pa.array(np.fromiter((r[1][2] for r in rows), dtype=np.int32, count=len(rows))))
+            first = 3
+        for index, field in enumerate(list(self.schema)[first:]):
             parts = [r[1][1][index] for r in rows]
             if self.mode == "sequence":
                 lengths = np.fromiter((len(p) for p in parts), dtype=np.int32, count=len(parts))
