@@ -256,7 +256,7 @@ class Embedder:
         else:
             width = self.maxlen
         positions = np.arange(width, dtype=np.int32)[None, :]
-        if self.trim or self.padding == "post":
+        if self.info.masked or self.padding == "post":  # masked: right padding is exact, and what cuDNN needs
             real = positions < lengths[:, None]
         else:
             real = positions >= (width - lengths)[:, None]

@@ -59,7 +59,7 @@ class EmbeddingOptions(PipelineOptions):
                             help="auto: on the CPU, XLA-compile the sub-model for batch shapes that repeat.")
         parser.add_argument("--compression", default="zstd", choices=COMPRESSIONS)
         parser.add_argument("--dtype", default="float32", choices=("float32", "float16"))
-        parser.add_argument("--row_group_mb", type=int, default=64, help="Target Parquet row group size in MiB.")
+        parser.add_argument("--row_group_mb", type=int, default=32, help="Target Parquet row group size in MiB.")
         parser.add_argument("--overwrite", nargs="?", const=True, default=False, type=_flag,
                             help="Replace shards of a different model/layer/mode at the output prefix.")
         parser.add_argument("--unsafe_deserialization", nargs="?", const=True, default=False, type=_flag,
