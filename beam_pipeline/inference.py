@@ -127,9 +127,15 @@ class Embedder:
         self.one_hot_depth = recurrent.one_hot_depth(model)
         self.model_dtype = str(model.inputs[0].dtype)
         self.input_dtype = "int32" if self.one_hot_depth else self.model_dtype
+        # A model that takes raw text tokenizes it itself (in-model TextVectorization): the batch is
+        # the texts, padded by the model; its token ids come back as the sub-model's last output.
+        self.text_input = recurrent.takes_text(model)
+        self.input_shape = tuple(model.inputs[0].shape[1:])
+        if self.text_input:
+            self.trim = False
         self.column_names = [name for name, _ in self.info.columns(mode)]
         # XLA on the CPU only: on a GPU the cuDNN kernel is the fast path, and XLA would lose it.
-        self.jit = bool(jit and device == "cpu")
+        self.jit = bool(jit and device == "cpu" and not self.text_input)  # XLA has no string ops
         self._graph_seconds: dict[tuple[int, int], float] = {}
         self.carry = long_docs == "carry"
         if self.carry:
@@ -151,7 +157,10 @@ class Embedder:
             return lambda x: self.submodel.predict_on_batch(self._one_hot_numpy(x)), None
         import tensorflow as tf
 
-        spec = [tf.TensorSpec([None, None], tf.dtypes.as_dtype(self.input_dtype))]
+        if self.text_input:
+            spec = [tf.TensorSpec([None, *self.input_shape], tf.string)]
+        else:
+            spec = [tf.TensorSpec([None, None], tf.dtypes.as_dtype(self.input_dtype))]
 
         def call(x):
             if self.one_hot_depth:
@@ -265,14 +274,23 @@ class Embedder:
         batch[real] = np.fromiter(itertools.chain.from_iterable(seqs), dtype=self.input_dtype, count=total)
         return batch, lengths, real
 
-    def embed(self, seqs: list[list[int]]) -> EmbeddedBatch:
-        """Vectors for token-id sequences, each ``1 <= len <= maxlen`` (any length with carry)."""
+    def embed(self, seqs: list) -> EmbeddedBatch:
+        """Vectors for token-id sequences, each ``1 <= len <= maxlen`` (any length with carry), or
+        for raw texts when the model tokenizes itself (``num_tokens`` may then be 0)."""
         if self.carry:
             return self._embed_carry(seqs)
-        batch, lengths, real = self.pad(seqs)
+        if self.text_input:
+            batch = np.asarray(seqs, dtype=object).reshape((len(seqs), *self.input_shape))
+        else:
+            batch, lengths, real = self.pad(seqs)
         start = time.perf_counter()
         outputs = self._run(batch)
         seconds = time.perf_counter() - start
+        if self.text_input:  # the model's own padding: id 0 (TextVectorization's mask token)
+            ids, outputs = outputs[-1], outputs[:-1]
+            real = ids != 0
+            lengths = real.sum(axis=1).astype(np.int32)
+            batch = ids
         offsets = None
         if self.mode == "sequence":
             columns = {self.column_names[0]: np.ascontiguousarray(outputs[0][real], dtype=np.float32)}

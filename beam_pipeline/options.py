@@ -136,10 +136,63 @@ def _fixed_input_length(model) -> int | None:
     return int(shape[1]) if len(shape) >= 2 and shape[1] is not None else None
 
 
-def resolve(options: PipelineOptions) -> JobConfig:
-    """Validates the options against the model and tokenizer; raises ConfigError on any problem."""
+def _check_maxlen(o: EmbeddingOptions, model) -> int:
+    fixed = _fixed_input_length(model)
+    maxlen = o.maxlen if o.maxlen is not None else fixed
+    if maxlen is None:
+        raise ConfigError("the model's input length is not fixed: pass --maxlen")
+    if maxlen < 1:
+        raise ConfigError("--maxlen must be at least 1")
+    if fixed is not None and maxlen != fixed:
+        raise ConfigError(f"--maxlen {maxlen} disagrees with the model's fixed input length {fixed}")
+    return maxlen
+
+
+def _check_tokenizer(o: EmbeddingOptions, model, layer) -> tuple[str, int | None]:
+    """(tokenizer sha256, one-hot depth or None); the tokenizer's ids must fit the model."""
     from beam_pipeline.keras_tokenizer import KerasTokenizer
 
+    if not o.tokenizer:
+        raise ConfigError("--tokenizer is required: the model takes token ids")
+    try:
+        tokenizer = KerasTokenizer.from_json(files.read_bytes(o.tokenizer).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--tokenizer {o.tokenizer}: {e}") from e
+    depth = recurrent.one_hot_depth(model)
+    if depth is not None and tokenizer.max_id() >= depth:
+        raise ConfigError(
+            f"the model takes a one-hot input of depth {depth} but the tokenizer can emit ids up to "
+            f"{tokenizer.max_id()}: use the tokenizer the model was trained with."
+        )
+    input_dim = recurrent.embedding_input_dim(model, layer)
+    if input_dim is not None and tokenizer.max_id() >= input_dim:
+        raise ConfigError(
+            f"the tokenizer can emit ids up to {tokenizer.max_id()} but the model's Embedding has "
+            f"input_dim={input_dim}: ids >= {input_dim} would fail. Use the tokenizer the model was trained "
+            f"with, or one saved with num_words <= {input_dim}."
+        )
+    return files.sha256_of(o.tokenizer), depth
+
+
+def _check_text_model(o: EmbeddingOptions, model) -> tuple[int, None, None]:
+    """A model that takes raw text: its TextVectorization tokenizes, pads and truncates."""
+    try:
+        vectorizer = recurrent.text_vectorization(model)
+    except recurrent.ModelError as e:
+        raise ConfigError(str(e)) from e
+    if o.tokenizer:
+        raise ConfigError("the model takes raw text and tokenizes it itself (TextVectorization): drop --tokenizer")
+    if o.long_docs == "carry":
+        raise ConfigError("--long_docs carry needs token ids; this model tokenizes raw text itself")
+    length = vectorizer.get_config().get("output_sequence_length")
+    if o.maxlen is not None and o.maxlen != length:
+        raise ConfigError(f"--maxlen {o.maxlen} disagrees with the model's TextVectorization "
+                          f"output_sequence_length {length}; leave --maxlen out")
+    return int(length or 0), None, None
+
+
+def resolve(options: PipelineOptions) -> JobConfig:
+    """Validates the options against the model and tokenizer; raises ConfigError on any problem."""
     o = options.view_as(EmbeddingOptions)
     for flag in ("input", "output", "model"):
         if not getattr(o, flag):
@@ -175,39 +228,11 @@ def resolve(options: PipelineOptions) -> JobConfig:
     except recurrent.ModelError as e:
         raise ConfigError(str(e)) from e
 
-    fixed = _fixed_input_length(model)
-    maxlen = o.maxlen if o.maxlen is not None else fixed
-    if maxlen is None:
-        raise ConfigError("the model's input length is not fixed: pass --maxlen")
-    if maxlen < 1:
-        raise ConfigError("--maxlen must be at least 1")
-    if fixed is not None and maxlen != fixed:
-        raise ConfigError(f"--maxlen {maxlen} disagrees with the model's fixed input length {fixed}")
-
-    tokenizer_sha = None
-    string_input = "string" in str(model.inputs[0].dtype)
-    if string_input:
-        raise ConfigError("models with a string input (in-model TextVectorization) are not supported yet")
-    if not o.tokenizer:
-        raise ConfigError("--tokenizer is required: the model takes token ids")
-    try:
-        tokenizer = KerasTokenizer.from_json(files.read_bytes(o.tokenizer).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--tokenizer {o.tokenizer}: {e}") from e
-    tokenizer_sha = files.sha256_of(o.tokenizer)
-    depth = recurrent.one_hot_depth(model)
-    if depth is not None and tokenizer.max_id() >= depth:
-        raise ConfigError(
-            f"the model takes a one-hot input of depth {depth} but the tokenizer can emit ids up to "
-            f"{tokenizer.max_id()}: use the tokenizer the model was trained with."
-        )
-    input_dim = recurrent.embedding_input_dim(model, layer)
-    if input_dim is not None and tokenizer.max_id() >= input_dim:
-        raise ConfigError(
-            f"the tokenizer can emit ids up to {tokenizer.max_id()} but the model's Embedding has "
-            f"input_dim={input_dim}: ids >= {input_dim} would fail. Use the tokenizer the model was trained "
-            f"with, or one saved with num_words <= {input_dim}."
-        )
+    if recurrent.takes_text(model):
+        maxlen, tokenizer_sha, depth = _check_text_model(o, model)
+    else:
+        maxlen = _check_maxlen(o, model)
+        tokenizer_sha, depth = _check_tokenizer(o, model, layer)
 
     layer_info = {
         "name": info.name,
@@ -217,7 +242,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         "bidirectional": info.bidirectional,
         "merge_mode": info.merge_mode,
         "masked": info.masked,
-        "input": "one_hot" if depth else "token_ids",
+        "input": "text" if recurrent.takes_text(model) else ("one_hot" if depth else "token_ids"),
         "columns": info.columns(o.mode),
     }
     return JobConfig(
@@ -236,7 +261,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         num_shards=o.num_shards,
         batch_size=o.batch_size,
         device=o.device,
-        length_bucketing=o.length_bucketing == "auto" and info.masked,
+        length_bucketing=o.length_bucketing == "auto" and info.masked and not recurrent.takes_text(model),
         jit=o.jit == "auto",
         compression=o.compression,
         dtype=o.dtype,

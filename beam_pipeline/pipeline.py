@@ -81,16 +81,20 @@ def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_re
 def build(p: beam.Pipeline, config: JobConfig, paths: list[str]):
     """Adds the whole job to ``p``."""
     read = p | "Read" >> ReadCorpus(paths, config.id_field, config.text_field)
-    tokens = read.docs | "Tokenize" >> beam.ParDo(
-        Tokenize(config.tokenizer, None if config.long_docs == "carry" else config.maxlen, config.truncating)
-    ).with_outputs(errors.ERRORS, main="ids")
-    embedded, failed = tokens.ids | "Embed" >> Embed(config)
+    if config.tokenizer:
+        tokens = read.docs | "Tokenize" >> beam.ParDo(
+            Tokenize(config.tokenizer, None if config.long_docs == "carry" else config.maxlen, config.truncating)
+        ).with_outputs(errors.ERRORS, main="ids")
+        inputs, tokenize_errors = tokens.ids, tokens[errors.ERRORS]
+    else:  # the model tokenizes raw text itself (TextVectorization)
+        inputs, tokenize_errors = read.docs, p | "NoTokenizeErrors" >> beam.Create([])
+    embedded, failed = inputs | "Embed" >> Embed(config)
     arrow_schema = write.schema(config.columns, config.mode, config.dtype, config.provenance(),
                                 windows=config.long_docs == "carry")
     shards, rows = embedded | "Write" >> write.WriteEmbeddings(
         config.output, arrow_schema, config.mode, config.num_shards, config.compression, config.row_group_bytes
     )
-    dead = (read.errors, tokens[errors.ERRORS], failed) | "AllErrors" >> beam.Flatten()
+    dead = (read.errors, tokenize_errors, failed) | "AllErrors" >> beam.Flatten()
     error_files = (
         dead
         | "ErrorsToJson" >> beam.Map(errors.to_json_line)

@@ -291,7 +291,27 @@ def build_submodel(model, layer, mode: str):
         outputs = outputs[-len(info.state_names):]
     elif mode in ("final", "sequence") and info.bidirectional and info.merge_mode is None:
         outputs = [keras.layers.Concatenate(axis=-1)(outputs)]
+    vectorizer = text_vectorization(model)
+    if vectorizer is not None:  # raw-text models also return the token ids, to count and place tokens
+        outputs.append(vectorizer.output)
     return keras.Model(model.inputs, outputs, name=f"{model.name}__{layer.name}__{mode}")
+
+
+def takes_text(model) -> bool:
+    """True for a model whose input is a string tensor (an in-model TextVectorization)."""
+    return "string" in str(model.inputs[0].dtype)
+
+
+def text_vectorization(model):
+    """The model's ``TextVectorization`` layer (int output) when it takes raw text, else None."""
+    if not takes_text(model):
+        return None
+    keras = _keras()
+    found = [layer for layer in model.layers if isinstance(layer, keras.layers.TextVectorization)]
+    if len(found) != 1 or found[0].get_config().get("output_mode") != "int":
+        raise ModelError("a model with a string input needs exactly one TextVectorization layer with "
+                         "output_mode='int' between its input and the recurrent layer.")
+    return found[0]
 
 
 def one_hot_depth(model) -> int | None:

@@ -221,3 +221,43 @@ def test_legacy_tf_keras_h5_model_loads_and_matches_tf_keras(tmp_path):
     got = dict(zip(table.column("doc_id").to_pylist(), table.column("vector").to_pylist()))
     for (doc_id, _), w in zip(docs, want):
         np.testing.assert_allclose(np.asarray(got[doc_id]), w, atol=TOL, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """Raw text in: an in-model TextVectorization, Embedding(mask_zero) -> LSTM; no tokenizer file."""
+    tmp = tmp_path_factory.mktemp("text_model")
+    docs = helpers.corpus(40, seed=17) + [("unknown-words", "zzz qqq xxx"), ("punctuation-only", "!!! ... ???")]
+    keras.utils.set_random_seed(17)
+    vectorizer = keras.layers.TextVectorization(max_tokens=40, output_sequence_length=16, name="vectorize")
+    vectorizer.adapt([t for _, t in docs[:20]])
+    inp = keras.Input((1,), dtype="string")
+    x = keras.layers.Embedding(40, 8, mask_zero=True)(vectorizer(inp))
+    x = keras.layers.LSTM(6, name="lstm")(x)
+    model = keras.Model(inp, keras.layers.Dense(1)(x))
+    model.save(tmp / "text.keras")
+    return model, vectorizer, docs, str(tmp / "text.keras"), helpers.write_jsonl(tmp / "text.jsonl", docs)
+
+
+@pytest.mark.parametrize("mode", ["final", "sequence", "states"])
+def test_model_with_text_vectorization_takes_raw_text(text_model, mode, tmp_path):
+    model, vectorizer, docs, model_path, corpus = text_model
+    summary = helpers.run_job(["--input", corpus, "--model", model_path, "--output", tmp_path / "t", "--mode", mode])
+    table = helpers.read_output(str(tmp_path / "t"))
+    texts = np.asarray([[t] for _, t in docs], dtype=object)
+    ids = np.asarray(vectorizer(texts[:, 0]))
+    import tensorflow as tf
+
+    ref = helpers.reference(model, "lstm", mode, tf.constant(texts.astype(str)))
+    rows = {d: i for i, d in enumerate(table.column("doc_id").to_pylist())}
+    known = [i for i in range(len(docs)) if (ids[i] != 0).any()]
+    assert sorted(rows) == sorted(docs[i][0] for i in known)
+    assert summary["errors_by_reason"] == {"no_tokens": 1} and "punctuation-only" not in rows
+    assert "unknown-words" in rows, "unknown words are the OOV token, a real token"
+    for i in known:
+        row, real = rows[docs[i][0]], ids[i] != 0
+        assert table.column("num_tokens")[row].as_py() == real.sum()
+        for k, name in enumerate(table.column_names[2:]):
+            got = np.asarray(table.column(name)[row].as_py(), dtype=np.float32)
+            want = ref[0][i][real] if mode == "sequence" else ref[k][i]
+            np.testing.assert_allclose(got, want, atol=TOL, rtol=0)

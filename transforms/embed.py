@@ -24,7 +24,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 
 from beam_pipeline import files
 from beam_pipeline.options import JobConfig
-from transforms.errors import NAMESPACE, dead_letter
+from transforms.errors import ERRORS, NAMESPACE, dead_letter, tagged
 
 LOG = logging.getLogger(__name__)
 
@@ -68,6 +68,13 @@ class RecurrentModelHandler(ModelHandler):
         columns = list(out.columns.values())
         lengths = out.lengths.tolist()
         windows = out.windows.tolist() if out.windows is not None else [None] * len(lengths)
+        if model.text_input:  # the model's own tokenizer may leave a document with no token
+            rows = self._rows(out, columns, lengths, windows)
+            return [row if row[0] else (0, None, None) for row in rows]
+        return self._rows(out, columns, lengths, windows)
+
+    @staticmethod
+    def _rows(out, columns, lengths, windows) -> list[tuple]:
         if out.offsets is not None:
             flat = columns[0]
             offsets = out.offsets.tolist()
@@ -127,7 +134,21 @@ class Embed(beam.PTransform):
         handler = KeyedModelHandler(RecurrentModelHandler(self.config))
         embedded, failures = docs | "RunInference" >> RunInference(handler).with_exception_handling()
         failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(_dead_letters_of_batch)
+        if self.config.tokenizer is None:  # raw-text models: documents the model found no token in
+            split = embedded | "NoTokens" >> beam.ParDo(_SplitNoTokens()).with_outputs(ERRORS, main="embedded")
+            embedded = split.embedded
+            failed = (failed, split[ERRORS]) | "EmbedErrors" >> beam.Flatten()
         return embedded, failed
+
+
+class _SplitNoTokens(beam.DoFn):
+    def process(self, element):
+        doc_id, (num_tokens, arrays, _) = element
+        if arrays is None:
+            yield tagged(doc_id, "embed", "no_tokens", {"doc_id": doc_id},
+                         "the model's TextVectorization found no token in the text")
+        else:
+            yield element
 
 
 def _dead_letters_of_batch(failure):
@@ -136,5 +157,6 @@ def _dead_letters_of_batch(failure):
     if isinstance(exception, tuple):  # (type, repr, traceback lines) as RunInference reports it
         exception = exception[1]
     detail = str(exception)
-    return [dead_letter(doc_id, "embed", "inference_failed", {"doc_id": doc_id, "ids": list(ids)}, detail)
+    return [dead_letter(doc_id, "embed", "inference_failed",
+                        {"doc_id": doc_id, "input": ids if isinstance(ids, str) else list(ids)}, detail)
             for doc_id, ids in batch]
