@@ -15,6 +15,7 @@ Exit status: 0 after a report (warnings included), 2 when a file is missing or c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -128,18 +129,8 @@ def _recurrent_entry(index: int, layer, model) -> dict[str, Any]:
     except recurrent.ModelError as e:
         entry["error"] = str(e)
         return entry
-    entry.update(
-        class_name=info.class_name,
-        cell_class=info.cell_class,
-        units=info.units,
-        bidirectional=info.bidirectional,
-        merge_mode=info.merge_mode,
-        masked=info.masked,
-        input_dim=info.input_dim,
-        state_names=list(info.state_names),
-        columns=_columns(info),
-        weights=weights,
-    )
+    entry.update(dataclasses.asdict(info), state_names=list(info.state_names), columns=_columns(info),
+                 weights=weights)
     return entry
 
 

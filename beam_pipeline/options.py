@@ -235,13 +235,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         tokenizer_sha, depth = _check_tokenizer(o, model, layer)
 
     layer_info = {
-        "name": info.name,
-        "class_name": info.class_name,
-        "cell_class": info.cell_class,
-        "units": info.units,
-        "bidirectional": info.bidirectional,
-        "merge_mode": info.merge_mode,
-        "masked": info.masked,
+        **asdict(info),
         "input": "text" if recurrent.takes_text(model) else ("one_hot" if depth else "token_ids"),
         "columns": info.columns(o.mode),
     }

@@ -104,3 +104,16 @@ def test_sequence_vectors_read_as_nested_arrays_in_duckdb_and_polars(small_job, 
     frame = pl.read_parquet(pattern)
     assert frame.schema["vectors"] == pl.List(pl.Array(pl.Float32, 6))
     assert (frame["vectors"].list.len() == frame["num_tokens"]).all()
+
+
+def test_progress_logs_documents_and_rate(caplog):
+    import logging
+
+    from transforms.write import Progress
+
+    progress = Progress(every_s=0.0)
+    with caplog.at_level(logging.INFO, logger="beam_pipeline.progress"):
+        for _ in range(512):
+            progress.tick()
+    lines = [r.getMessage() for r in caplog.records if r.name == "beam_pipeline.progress"]
+    assert lines and lines[-1].startswith("progress: 512 documents embedded,") and lines[-1].endswith("docs/s")
