@@ -67,7 +67,10 @@ def test_killed_run_leaves_no_final_shards_and_rerun_completes(small_job, tmp_pa
     docs = [(f"k{i}", d["text"]) for i, d in enumerate(sample_corpus(20000, seed=8))]
     corpus = helpers.write_jsonl(tmp_path / "big.jsonl", docs)
     out = tmp_path / "out" / "emb"
-    argv = [sys.executable, "-m", "beam_pipeline", *small_job.argv(corpus, out)]
+    # sequence mode with 1 MiB row groups: the sink opens its first temp shard after ~2500 of the
+    # 20000 documents, so the kill below lands while most of the corpus is still to be embedded.
+    job = small_job.argv(corpus, out, "--mode", "sequence", "--row_group_mb", "1")
+    argv = [sys.executable, "-m", "beam_pipeline", *job]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     # Kill as soon as the Parquet sink has opened its first temp shard: writing has begun.
@@ -79,7 +82,7 @@ def test_killed_run_leaves_no_final_shards_and_rerun_completes(small_job, tmp_pa
     proc.wait()
     assert _shards(out) == [], "a killed run leaves no final shard"
     assert not os.path.exists(f"{out}-summary.json")
-    summary = helpers.run_job(small_job.argv(corpus, out))
+    summary = helpers.run_job(job)
     table = helpers.read_output(str(out))
     ids = table.column("doc_id").to_pylist()
     assert summary["embedded"] == len(docs) == len(ids) == len(set(ids))
