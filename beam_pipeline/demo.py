@@ -17,6 +17,8 @@ import os
 import random
 from collections import OrderedDict
 
+from beam_pipeline.keras_tokenizer import DEFAULT_FILTERS
+
 TOPICS = {
     "space": "orbit rocket planet moon launch astronaut telescope galaxy star mission crew satellite".split(),
     "cooking": "recipe oven flour butter garlic simmer onion pepper bake salt sauce kitchen".split(),
@@ -24,7 +26,6 @@ TOPICS = {
     "markets": "stocks bond yield inflation shares investor rally earnings bank rates price fund".split(),
 }
 FILLER = "the a of and to in on with for was is at by from this that after before very new old".split()
-DEFAULT_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
 
 
 def sample_corpus(n: int = 600, seed: int = 7) -> list[dict]:

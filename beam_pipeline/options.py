@@ -8,7 +8,6 @@ message, before any worker starts.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass, field
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -126,9 +125,6 @@ class JobConfig:
             "tokenizer": self.tokenizer,
             "tokenizer_sha256": self.tokenizer_sha256,
         }
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 def _fixed_input_length(model) -> int | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from beam_pipeline import files
-from beam_pipeline.keras_tokenizer import KerasTokenizer
+from beam_pipeline.keras_tokenizer import KerasTokenizer, truncate
 from transforms.errors import tagged
 
 STAGE = "tokenize"
@@ -43,5 +43,5 @@ class Tokenize(beam.DoFn):
                          "every token was filtered out or is unknown to the tokenizer (no oov_token)")
             return
         if self.maxlen is not None and len(ids) > self.maxlen:
-            ids = ids[-self.maxlen:] if self.truncating == "pre" else ids[: self.maxlen]
+            ids = truncate(ids, self.maxlen, self.truncating)
         yield doc_id, ids
