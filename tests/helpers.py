@@ -59,6 +59,14 @@ def write_jsonl(path, docs: list[tuple[str, str]]) -> str:
     return str(path)
 
 
+def sample_jsonl(folder, n: int, seed: int) -> tuple[str, list[tuple[str, str]]]:
+    """``corpus.jsonl`` of ``n`` demo-corpus documents in ``folder``: (path, [(doc_id, text)])."""
+    from beam_pipeline.demo import sample_corpus
+
+    docs = [(d["id"], d["text"]) for d in sample_corpus(n, seed=seed)]
+    return write_jsonl(folder / "corpus.jsonl", docs), docs
+
+
 def write_text(path, texts: list[str]) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(texts) + "\n")

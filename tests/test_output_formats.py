@@ -11,15 +11,12 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipeline.demo import sample_corpus
 from tests import helpers
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("formats")
-    docs = [(d["id"], d["text"]) for d in sample_corpus(400, seed=21)]
-    return helpers.write_jsonl(folder / "corpus.jsonl", docs), docs
+    return helpers.sample_jsonl(tmp_path_factory.mktemp("formats"), 400, seed=21)
 
 
 @pytest.fixture(scope="module")

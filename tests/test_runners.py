@@ -27,9 +27,7 @@ def _by_id(table) -> dict:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runners")
-    docs = [(d["id"], d["text"]) for d in sample_corpus(300, seed=5)]
-    return helpers.write_jsonl(folder / "corpus.jsonl", docs), docs
+    return helpers.sample_jsonl(tmp_path_factory.mktemp("runners"), 300, seed=5)
 
 
 @pytest.fixture(scope="module")
