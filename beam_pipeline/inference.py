@@ -9,7 +9,16 @@ A batch is padded the way the model needs it:
   untouched, so the values equal those of fixed ``maxlen`` padding on either side, with far fewer
   timesteps; right padding is also what cuDNN needs on a GPU.
 
-``sequence`` outputs keep only the real-token positions, so where padding went never shows.
+``sequence`` outputs keep only the real-token positions, so where padding went never shows. Vector
+*k* of a document is the layer's output right after it has read token *k*; for a ``go_backwards``
+layer, which reads the document from its end and returns its outputs in reading order, the
+outputs are reversed back into document order (the alignment Keras gives the backward half of a
+``Bidirectional`` layer).
+
+A document with no token (``num_tokens = 0``) never enters a batch: its value is the model's
+output on a row of padding alone (for a masked model, a fully masked row, which the cuDNN kernel
+rejects), the same for every such document, so it is computed once per loaded model, eagerly on the
+CPU, and reused. ``sequence`` gives it no vector.
 """
 
 from __future__ import annotations
@@ -134,6 +143,13 @@ class Embedder:
         if self.text_input:
             self.trim = False
         self.column_names = [name for name, _ in self.info.columns(mode)]
+        self.column_dims = dict(self.info.columns(mode))
+        # A go_backwards layer returns its sequence in reading order, last token first: reversed
+        # back here, so that vector k is the output after reading token k (Bidirectional's alignment).
+        self.reverse_sequence = bool(mode == "sequence" and not self.info.bidirectional
+                                     and getattr(self.layer, "go_backwards", False))
+        self.vectorizer = recurrent.text_vectorization(model) if self.text_input else None
+        self._empty_value: list[np.ndarray] | None = None
         # XLA on the CPU only: on a GPU the cuDNN kernel is the fast path, and XLA would lose it.
         self.jit = bool(jit and device == "cpu" and not self.text_input)  # XLA has no string ops
         self._graph_seconds: dict[tuple[int, int], float] = {}
@@ -275,8 +291,85 @@ class Embedder:
         return batch, lengths, real
 
     def embed(self, seqs: list) -> EmbeddedBatch:
-        """Vectors for token-id sequences, each ``1 <= len <= maxlen`` (any length with carry), or
-        for raw texts when the model tokenizes itself (``num_tokens`` may then be 0)."""
+        """Vectors for token-id sequences, each ``len <= maxlen`` (any length with carry), or for raw
+        texts when the model tokenizes itself. Documents with no token get the model's value for a
+        row of padding alone (see ``empty_value``) without ever entering the model's batch."""
+        empty = self._empty_rows(seqs)
+        if not empty.any():
+            return self._embed_batch(seqs)
+        return self._merge_empty_rows(seqs, empty)
+
+    def _empty_rows(self, seqs: list) -> np.ndarray:
+        """(B,) bool: the documents with no token. For raw-text models, the model's own
+        TextVectorization decides (run alone on the texts first, so that no empty row reaches the
+        recurrent layer)."""
+        if self.text_input:
+            texts = np.asarray(seqs, dtype=object).reshape((len(seqs), *self.input_shape))
+            ids = np.asarray(self.vectorizer(texts.astype(str)))
+            return ~(ids != 0).reshape(len(seqs), -1).any(axis=1)
+        return np.fromiter((len(s) == 0 for s in seqs), dtype=bool, count=len(seqs))
+
+    def empty_value(self) -> list[np.ndarray]:
+        """What the sub-model computes for a document with no token, one ``(D,)`` array per
+        column: its output on one row of padding alone, ``maxlen`` wide (``pad_sequences`` of an
+        empty sequence; for a raw-text model, the empty text). For a masked model this row is fully
+        masked, which the cuDNN kernel rejects: it is computed once, eagerly, on the CPU (Keras'
+        generic kernel), and cached. Unused in ``sequence`` mode (no token, no vector)."""
+        if self._empty_value is None:
+            if self.text_input:
+                batch = np.full((1, *self.input_shape), "", dtype=object)
+            else:
+                batch = np.zeros((1, self.maxlen), dtype=self.input_dtype)
+            outputs = self._run_on_cpu(batch)
+            if self.text_input:
+                outputs = outputs[:-1]
+            self._empty_value = [np.asarray(out[0], dtype=np.float32) for out in outputs]
+        return self._empty_value
+
+    def _run_on_cpu(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The sub-model called eagerly on the CPU (never the cuDNN kernel)."""
+        import keras
+
+        x = self._one_hot_numpy(batch)
+        if keras.backend.backend() != "tensorflow":
+            return _as_arrays(self.submodel.predict_on_batch(x))
+        import tensorflow as tf
+
+        with tf.device("/CPU:0"):
+            x = tf.constant(x.astype(str)) if self.text_input else tf.constant(x)
+            return _as_arrays(self.submodel(x, training=False))
+
+    def _merge_empty_rows(self, seqs: list, empty: np.ndarray) -> EmbeddedBatch:
+        """Embeds the documents with tokens, and gives each empty one ``empty_value`` (``sequence``:
+        no vector; ``--long_docs carry``: one window of padding, ``windows = 1``)."""
+        keep = np.flatnonzero(~empty)
+        out = self._embed_batch([seqs[i] for i in keep]) if keep.size else None
+        lengths = np.zeros(len(seqs), dtype=np.int32)
+        windows = np.ones(len(seqs), dtype=np.int32) if self.carry else None
+        offsets = None
+        if out is not None:
+            lengths[keep] = out.lengths
+            if windows is not None:
+                windows[keep] = out.windows
+        if self.mode == "sequence":
+            name = self.column_names[0]
+            flat = out.columns[name] if out is not None else np.zeros((0, self.column_dims[name]), np.float32)
+            columns = {name: flat}
+            offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+        else:
+            columns = {}
+            for name, value in zip(self.column_names, self.empty_value()):
+                column = np.empty((len(seqs), value.shape[-1]), dtype=np.float32)
+                column[empty] = value
+                if out is not None:
+                    column[keep] = out.columns[name]
+                columns[name] = column
+        return EmbeddedBatch(lengths, columns, offsets, out.padded_timesteps if out else 0,
+                             out.seconds if out else 0.0, windows)
+
+    def _embed_batch(self, seqs: list) -> EmbeddedBatch:
+        """Vectors for documents that all hold at least one token."""
         if self.carry:
             return self._embed_carry(seqs)
         if self.text_input:
@@ -293,7 +386,8 @@ class Embedder:
             batch = ids
         offsets = None
         if self.mode == "sequence":
-            columns = {self.column_names[0]: np.ascontiguousarray(outputs[0][real], dtype=np.float32)}
+            sequence = outputs[0][:, ::-1] if self.reverse_sequence else outputs[0]
+            columns = {self.column_names[0]: np.ascontiguousarray(sequence[real], dtype=np.float32)}
             offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
             np.cumsum(lengths, out=offsets[1:])
         else:

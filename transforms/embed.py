@@ -24,7 +24,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 
 from beam_pipeline import files
 from beam_pipeline.options import JobConfig
-from transforms.errors import ERRORS, NAMESPACE, dead_letter, tagged
+from transforms.errors import NAMESPACE, dead_letter
 
 LOG = logging.getLogger(__name__)
 
@@ -68,9 +68,6 @@ class RecurrentModelHandler(ModelHandler):
         columns = list(out.columns.values())
         lengths = out.lengths.tolist()
         windows = out.windows.tolist() if out.windows is not None else [None] * len(lengths)
-        if model.text_input:  # the model's own tokenizer may leave a document with no token
-            rows = self._rows(out, columns, lengths, windows)
-            return [row if row[0] else (0, None, None) for row in rows]
         return self._rows(out, columns, lengths, windows)
 
     @staticmethod
@@ -134,21 +131,7 @@ class Embed(beam.PTransform):
         handler = KeyedModelHandler(RecurrentModelHandler(self.config))
         embedded, failures = docs | "RunInference" >> RunInference(handler).with_exception_handling()
         failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(_dead_letters_of_batch)
-        if self.config.tokenizer is None:  # raw-text models: documents the model found no token in
-            split = embedded | "NoTokens" >> beam.ParDo(_SplitNoTokens()).with_outputs(ERRORS, main="embedded")
-            embedded = split.embedded
-            failed = (failed, split[ERRORS]) | "EmbedErrors" >> beam.Flatten()
         return embedded, failed
-
-
-class _SplitNoTokens(beam.DoFn):
-    def process(self, element):
-        doc_id, (num_tokens, arrays, _) = element
-        if arrays is None:
-            yield tagged(doc_id, "embed", "no_tokens", {"doc_id": doc_id},
-                         "the model's TextVectorization found no token in the text")
-        else:
-            yield element
 
 
 def _dead_letters_of_batch(failure):

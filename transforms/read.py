@@ -7,7 +7,10 @@ Formats, by file extension (``.gz`` / ``.bz2`` compressed files are decompressed
 - ``.csv``: a header row naming ``id_field`` and ``text_field``.
 - ``.parquet``: columns ``id_field`` and ``text_field``.
 - anything else: plain text, one document per line, id ``<file name>:<line number from 1>``; an
-  empty line is an empty document (dead-lettered), a final newline ends the last line.
+  empty line is an empty document, a final newline ends the last line.
+
+An empty or whitespace-only text is a document like any other: it gets a row, with no token. Only
+records without a usable text (unreadable, no id, no text field, a non-string text) are dead letters.
 
 A file is read by one worker; the file names are reshuffled so that files spread over workers.
 Each file also reports how many records it held (tag ``counts``), for the run's summary.
@@ -96,8 +99,6 @@ class ReadRecords(beam.DoFn):
             return tagged(doc_id, STAGE, "missing_text", raw, f"no field {self.text_field!r}")
         if not isinstance(text, str):
             return tagged(doc_id, STAGE, "non_string_text", raw, f"{self.text_field!r} is {type(text).__name__}")
-        if not text.strip():
-            return tagged(doc_id, STAGE, "empty_document", raw, "the text is empty or whitespace")
         return doc_id, text
 
     def _text(self, path: str, f) -> Iterator:
@@ -110,9 +111,6 @@ class ReadRecords(beam.DoFn):
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 yield tagged(doc_id, STAGE, "invalid_utf8", raw, str(e))
-                continue
-            if not text.strip():
-                yield tagged(doc_id, STAGE, "empty_document", raw, "the line is empty or whitespace")
                 continue
             yield doc_id, text
 

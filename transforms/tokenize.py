@@ -3,9 +3,9 @@ gives them, truncated to ``maxlen`` as ``keras.utils.pad_sequences`` would (``pr
 last ``maxlen`` ids, ``post``: the first). Padding is left to the embed stage, which knows how
 the model needs it.
 
-A document with no token left (every word filtered out, or unknown to a tokenizer without an
-``oov_token``) is dead-lettered as ``no_tokens``: a vector of nothing but padding describes no
-text, and a fully masked row has no defined output (cuDNN refuses it).
+A document with no token left (empty, every word filtered out, or unknown to a tokenizer without an
+``oov_token``) goes on with no ids: Keras computes a value for it too (the model's output on
+padding alone), and the embed stage writes it with ``num_tokens = 0``.
 """
 
 from __future__ import annotations
@@ -37,10 +37,6 @@ class Tokenize(beam.DoFn):
             ids = self._to_ids(text)
         except Exception as e:  # a record must never take the job down: dead-letter it
             yield tagged(doc_id, STAGE, "tokenize_failed", text, f"{type(e).__name__}: {e}")
-            return
-        if not ids:
-            yield tagged(doc_id, STAGE, "no_tokens", text,
-                         "every token was filtered out or is unknown to the tokenizer (no oov_token)")
             return
         if self.maxlen is not None and len(ids) > self.maxlen:
             ids = truncate(ids, self.maxlen, self.truncating)
