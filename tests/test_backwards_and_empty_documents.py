@@ -136,6 +136,20 @@ def test_go_backwards_vector_k_is_the_final_output_after_reading_back_to_token_k
         np.testing.assert_allclose(got, want, atol=TOL, rtol=0, err_msg=f"document {i}")
 
 
+@pytest.mark.parametrize("mode", ["final", "states"])
+@pytest.mark.parametrize("masked,padding", [(True, "pre"), (False, "pre"), (False, "post")])
+def test_go_backwards_final_and_states_are_what_keras_returns(mode, masked, padding):
+    """Only the order of ``sequence`` changes: ``final`` and ``states`` stay the state after the
+    whole document (read back to its first token), as Keras returns them."""
+    model = _model(keras.layers.LSTM(3, go_backwards=True, name="back"), masked, seed=53)
+    rng = np.random.default_rng(53)
+    seqs = [rng.integers(1, 40, size=int(rng.integers(1, MAXLEN + 1))).tolist() for _ in range(7)]
+    out = Embedder(model, "back", mode, MAXLEN, padding=padding).embed(seqs)
+    ref = helpers.reference(model, "back", mode, keras.utils.pad_sequences(seqs, maxlen=MAXLEN, padding=padding))
+    for got, want in zip(out.columns.values(), ref, strict=True):
+        np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+
+
 def test_go_backwards_raw_text_model_sequence_in_document_order(tmp_path):
     docs = _docs(12, seed=44)
     vectorizer = keras.layers.TextVectorization(max_tokens=30, output_sequence_length=MAXLEN, name="vectorize")
