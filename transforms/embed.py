@@ -3,6 +3,8 @@
 ``RecurrentModelHandler`` is a Beam ``ModelHandler``: ``load_model`` runs once per worker process
 (the model file is copied from gs:// if needed, loaded with Keras ``safe_mode``, truncated at the
 target layer and compiled once); ``run_inference`` pads a batch as the model needs and runs it.
+Every document gets a row: one with no token gets the model's value for padding alone
+(``Embedder.empty_value``), computed apart from the batch.
 ``KeyedModelHandler`` carries the document ids through ``RunInference``'s own ``BatchElements``.
 
 For masked models, ``SortByLength`` first orders documents by length within a bounded buffer, so
