@@ -78,7 +78,8 @@ def _load_local(path: str, unsafe: bool) -> LoadedModel:
     if path.endswith((".h5", ".hdf5")):
         return _load_h5(path, unsafe)
     if path.endswith(".keras"):
-        return LoadedModel(_keras_load(path, unsafe), Provenance("keras 3", _keras_zip_version(path), "keras"))
+        version = _keras_zip_version(path)
+        return LoadedModel(_keras_load(path, unsafe), Provenance("keras 3", version, "keras"))
     raise ModelError(f"{path}: unsupported model format; use a .keras file (Keras 3), an .h5 file (Keras 2 or 3) "
                      "or a TF SavedModel folder (tf.keras).")
 
