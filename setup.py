@@ -7,6 +7,7 @@ Pins, and why:
 - apache-beam[gcp] 2.77: RunInference with KeyedModelHandler, WriteToParquetBatched, GcsIO.
 - numpy < 3 and pyarrow: what TF 2.21 and Beam 2.77 accept together.
 - h5py: reading (and patching) legacy tf.keras .h5 files.
+- tf-keras 2.21 (the tf.keras of TF 2.21): reads tf.keras SavedModel folders, which Keras 3 cannot load.
 """
 
 from setuptools import find_packages, setup
@@ -25,12 +26,12 @@ setup(
         "pyarrow>=16,<27",
         "google-cloud-storage>=2.18,<4",
         "h5py>=3.10",
+        "tf-keras>=2.21,<2.22",
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
-            "tf-keras>=2.21,<2.22",
             "duckdb>=1.1",
             "polars>=1.10",
             "gcp-storage-emulator>=2024.8.3",

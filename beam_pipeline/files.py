@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+RAW = CompressionTypes.UNCOMPRESSED  # a model's files are copied byte for byte, whatever their names
 
 
 def is_remote(path: str) -> bool:
@@ -43,6 +48,64 @@ def local_copy(path: str) -> tuple[str, bool]:
     with os.fdopen(fd, "wb") as out, FileSystems.open(path) as src:
         shutil.copyfileobj(src, out, 1 << 20)
     return local, True
+
+
+def is_folder(path: str) -> bool:
+    """True for a local directory, or a gs:// prefix that holds objects below it."""
+    if not is_remote(path):
+        return os.path.isdir(path)
+    return bool(FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list)
+
+
+def exists_file_or_folder(path: str) -> bool:
+    return exists(path) or is_folder(path)
+
+
+def _folder_files(path: str) -> list[str]:
+    """Every file below a folder, as paths relative to it, sorted."""
+    root = path.rstrip("/")
+    if not is_remote(path):
+        return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root) for f in names)
+    return sorted(m.path[len(root) + 1:] for m in FileSystems.match([root + "/**"])[0].metadata_list)
+
+
+def sha256_of_file_or_folder(path: str) -> str:
+    """sha256 of a file; of a folder, over its files' relative paths and sha256s, in sorted order."""
+    if not is_folder(path):
+        return sha256_of(path)
+    digest = hashlib.sha256()
+    root = path.rstrip("/")
+    for rel in _folder_files(path):
+        digest.update(f"{rel}\0{sha256_of(root + '/' + rel)}\n".encode())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def local_file_or_folder(path: str) -> Iterator[str]:
+    """A local path holding the file or folder: the path itself when local, else a temp copy
+    (a folder is copied file by file), removed on exit."""
+    if not is_remote(path):
+        yield path
+        return
+    if not is_folder(path):
+        local, _ = local_copy(path)
+        try:
+            yield local
+        finally:
+            os.unlink(local)
+        return
+    temp = tempfile.mkdtemp()
+    root = path.rstrip("/")
+    local = os.path.join(temp, os.path.basename(root))
+    try:
+        for rel in _folder_files(path):
+            target = os.path.join(local, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as out, FileSystems.open(root + "/" + rel, compression_type=RAW) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        yield local
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def match(patterns: list[str]) -> list[str]:

@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Show a Keras model's layers, the recurrent layers the job can target, the Parquet "
         "columns each --mode writes, and the recurrent weight arrays; check a tokenizer against it.",
     )
-    parser.add_argument("--model", required=True, help=".keras or .h5 model file (local or gs://).")
+    parser.add_argument("--model", required=True,
+                        help=".keras or .h5 model file, or a tf.keras SavedModel folder (local or gs://).")
     parser.add_argument("--tokenizer", default=None, help="Legacy Keras Tokenizer JSON to check against the model.")
     parser.add_argument("--json", action="store_true", help="Print one JSON document instead of text.")
     parser.add_argument("--unsafe_deserialization", action="store_true",
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _require(path: str, flag: str) -> None:
     try:
-        found = files.exists(path)
+        found = files.exists_file_or_folder(path) if flag == "model" else files.exists(path)
     except Exception as e:  # e.g. no credentials for gs://
         raise InspectError(f"--{flag} {path}: cannot be checked: {e}") from e
     if not found:
@@ -62,14 +63,12 @@ def _require(path: str, flag: str) -> None:
 
 
 def _load(path: str, unsafe_deserialization: bool):
-    local, is_temp = files.local_copy(path)
+    from beam_pipeline.model import load_model
+
     try:
-        return recurrent.load_model(local, unsafe_deserialization=unsafe_deserialization)
+        return load_model(path, unsafe_deserialization=unsafe_deserialization)
     except recurrent.ModelError as e:
-        raise InspectError(str(e).replace(local, path)) from e
-    finally:
-        if is_temp:
-            os.unlink(local)
+        raise InspectError(str(e)) from e
 
 
 def _shape(shape) -> list[int | None]:
@@ -164,7 +163,8 @@ def build_report(model_path: str, tokenizer_path: str | None = None, unsafe_dese
     _require(model_path, "model")
     if tokenizer_path:
         _require(tokenizer_path, "tokenizer")
-    model = _load(model_path, unsafe_deserialization)
+    loaded = _load(model_path, unsafe_deserialization)
+    model = loaded.model
     targets = recurrent.recurrent_layers(model)
     default = targets[-1][1] if targets else None
     layers = [
@@ -183,6 +183,7 @@ def build_report(model_path: str, tokenizer_path: str | None = None, unsafe_dese
         "model": {
             "path": model_path,
             "name": model.name,
+            "origin": loaded.provenance.to_dict(),
             "inputs": [{"name": t.name, "shape": _shape(t.shape), "dtype": str(t.dtype)} for t in model.inputs],
         },
         "layers": layers,
@@ -219,6 +220,10 @@ def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
 def render_text(report: dict) -> str:
     model = report["model"]
     lines = [f"model {model['path']} (name {model['name']!r}, {len(report['layers'])} layers)"]
+    origin = model["origin"]
+    lines.append(f"  saved by {origin['framework']} {origin['framework_version'] or '(version not recorded)'}, "
+                 f"format {origin['format']}; translations applied: {len(origin['translations']) or 'none'}")
+    lines += [f"    {t['layer']}: {t['rule']}: {t['change']}" for t in origin["translations"]]
     lines += [f"  input {t['name']}: shape {_fmt_shape(t['shape'])}, {t['dtype']}" for t in model["inputs"]]
     lines += ["", "layers (--layer takes the name or the index):"]
     rows = [["index", "name", "class", "output shape", "supports masking", "receives mask", ""]]

@@ -36,7 +36,8 @@ class EmbeddingOptions(PipelineOptions):
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--input", nargs="+", help="File, glob or list of them (local or gs://).")
         parser.add_argument("--output", help="Output prefix: shards are PREFIX-SSSSS-of-NNNNN.parquet.")
-        parser.add_argument("--model", help=".keras or .h5 model file (local or gs://).")
+        parser.add_argument("--model", help=".keras or .h5 model file, or a tf.keras SavedModel folder "
+                            "(local or gs://).")
         parser.add_argument("--tokenizer", default=None, help="JSON written by a legacy Keras Tokenizer.to_json().")
         parser.add_argument("--layer", default=None, help="Target layer name or index; default: last recurrent.")
         parser.add_argument("--mode", default="final", choices=recurrent.MODES)
@@ -93,6 +94,7 @@ class JobConfig:
     unsafe_deserialization: bool
     layer_info: dict = field(default_factory=dict)
     model_sha256: str = ""
+    model_origin: dict = field(default_factory=dict)  # model.Provenance.to_dict(): framework, format, translations
     tokenizer_sha256: str | None = None
 
     @property
@@ -107,6 +109,7 @@ class JobConfig:
             "version": __version__,
             "model": self.model,
             "model_sha256": self.model_sha256,
+            "model_origin": self.model_origin,
             "layer": self.layer,
             "layer_class": info["class_name"],
             "cell_class": info["cell_class"],
@@ -201,21 +204,18 @@ def resolve(options: PipelineOptions) -> JobConfig:
         files.match(list(o.input))
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from e
-    for flag in ("model", "tokenizer"):
-        path = getattr(o, flag)
-        if path and not files.exists(path):
-            raise ConfigError(f"--{flag} file not found: {path}")
+    if not files.exists_file_or_folder(o.model):
+        raise ConfigError(f"--model file not found: {o.model}")
+    if o.tokenizer and not files.exists(o.tokenizer):
+        raise ConfigError(f"--tokenizer file not found: {o.tokenizer}")
 
-    local, is_temp = files.local_copy(o.model)
+    from beam_pipeline.model import load_model
+
     try:
-        model = recurrent.load_model(local, unsafe_deserialization=o.unsafe_deserialization)
+        loaded = load_model(o.model, unsafe_deserialization=o.unsafe_deserialization)
     except recurrent.ModelError as e:
-        raise ConfigError(str(e).replace(local, o.model)) from e
-    finally:
-        if is_temp:
-            import os
-
-            os.unlink(local)
+        raise ConfigError(str(e)) from e
+    model = loaded.model
     try:
         layer = recurrent.find_layer(model, o.layer)
         info = recurrent.describe_layer(layer, model)
@@ -259,6 +259,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         overwrite=o.overwrite,
         unsafe_deserialization=o.unsafe_deserialization,
         layer_info=layer_info,
-        model_sha256=files.sha256_of(o.model),
+        model_sha256=files.sha256_of_file_or_folder(o.model),
+        model_origin=loaded.provenance.to_dict(),
         tokenizer_sha256=tokenizer_sha,
     )

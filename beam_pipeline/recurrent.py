@@ -1,10 +1,9 @@
 """Everything the job knows about Keras models, separate from Beam.
 
-Loading (``.keras`` and ``.h5``, including tf.keras / Keras 2 ``.h5`` files), finding the target
-recurrent layer, and building the truncated sub-model that computes what that layer computes in
-the trained model: a functional clone of the layer with ``return_sequences`` / ``return_state``
-set for the requested mode, called on the same input tensor *and the same mask* as the original,
-with the trained weights copied. Nothing is retrained.
+Finding the target recurrent layer (loading is ``beam_pipeline.model``), and building the
+truncated sub-model that computes what that layer computes in the trained model: a functional
+clone of the layer with ``return_sequences`` / ``return_state`` set for the requested mode, called
+on the same input tensor *and the same mask* as the original, with the trained weights copied. Nothing is retrained.
 
 Shapes, for a batch of ``B`` documents padded to ``T`` timesteps and a layer of ``U`` units:
 
@@ -21,18 +20,10 @@ c (cell candidate), o (output). GRU has 3 blocks (z, r, h); SimpleRNN one.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 MODES = ("final", "sequence", "states")
-
-# Config keys that tf.keras / Keras 2 wrote into recurrent layer configs and Keras 3 rejects.
-# ``time_major=False`` is the only value that means what Keras 3 computes; True is refused.
-_LEGACY_RNN_KEYS = ("time_major",)
 
 _GATES = {"LSTM": ("i", "f", "c", "o"), "GRU": ("z", "r", "h"), "SimpleRNN": ("h",)}
 
@@ -45,80 +36,6 @@ def _keras():
     import keras
 
     return keras
-
-
-def _patch_legacy_h5(path: str) -> str:
-    """Copies a legacy ``.h5`` file to a temp file with Keras-2-only RNN config keys removed.
-
-    Returns the path to load (the original when nothing needed patching).
-    """
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        raw = f.attrs.get("model_config")
-    if raw is None:
-        raise ModelError(f"{path}: this .h5 file holds weights only, no model config; save the whole model.")
-    text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-    config = json.loads(text)
-    changed = False
-
-    def strip(node: Any) -> None:
-        nonlocal changed
-        if isinstance(node, dict):
-            inner = node.get("config")
-            if isinstance(inner, dict):
-                for key in _LEGACY_RNN_KEYS:
-                    if key in inner:
-                        if inner[key]:
-                            raise ModelError(
-                                f"{path}: layer {inner.get('name')!r} was saved with {key}=True, which Keras 3 "
-                                "cannot reproduce; re-save the model with time_major=False."
-                            )
-                        del inner[key]
-                        changed = True
-            for value in node.values():
-                strip(value)
-        elif isinstance(node, list):
-            for value in node:
-                strip(value)
-
-    strip(config)
-    if not changed:
-        return path
-    fd, patched = tempfile.mkstemp(suffix=".h5")
-    os.close(fd)
-    shutil.copyfile(path, patched)
-    with h5py.File(patched, "r+") as f:
-        f.attrs["model_config"] = json.dumps(config)
-    return patched
-
-
-def load_model(path: str, unsafe_deserialization: bool = False):
-    """Loads a local ``.keras`` or ``.h5`` model for inference (``compile=False``).
-
-    Keras' ``safe_mode`` stays on unless ``unsafe_deserialization`` is set: a ``Lambda`` layer
-    holding Python bytecode is refused, with the flag that allows it named in the error.
-    """
-    keras = _keras()
-    if not os.path.exists(path):
-        raise ModelError(f"model file not found: {path}")
-    to_load = path
-    if path.endswith((".h5", ".hdf5")):
-        to_load = _patch_legacy_h5(path)
-    elif not path.endswith(".keras"):
-        raise ModelError(f"{path}: unsupported model format; use a .keras (Keras 3) or .h5 file.")
-    try:
-        return keras.models.load_model(to_load, compile=False, safe_mode=not unsafe_deserialization)
-    except ValueError as e:
-        if "safe_mode" in str(e) or "arbitrary code" in str(e):
-            raise ModelError(
-                f"{path}: the model holds Python code (a Lambda layer) and was refused by Keras safe_mode. "
-                "Only if you trust this file, pass --unsafe_deserialization to load it."
-            ) from e
-        raise
-    finally:
-        if to_load != path:
-            os.unlink(to_load)
 
 
 def _is_rnn(layer) -> bool:

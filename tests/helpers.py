@@ -118,3 +118,38 @@ def reference(model, layer_name: str, mode: str, padded: np.ndarray) -> list[np.
 
 def real_positions(ids_row: np.ndarray, n: int, padding: str, maxlen: int) -> slice:
     return slice(maxlen - n, maxlen) if padding == "pre" else slice(0, n)
+
+
+def tf_keras_reference(model, layer_name: str, mode: str, padded: np.ndarray) -> list[np.ndarray]:
+    """``reference`` for a model built with tf_keras (Keras 2): what tf_keras computes for the layer.
+
+    The clone is called on the layer's input tensor, which carries the mask tf_keras propagates."""
+    import tf_keras
+
+    layer = model.get_layer(layer_name)
+    config = layer.get_config()
+    flags = {"return_sequences": mode == "sequence", "return_state": mode == "states"}
+    if isinstance(layer, tf_keras.layers.Bidirectional):
+        for key in ("layer", "backward_layer"):
+            if config.get(key) is not None:
+                config[key]["config"].update(flags)
+    else:
+        config.update(flags)
+    config["name"] = layer.name + "_reference"
+    clone = type(layer).from_config(config)
+    out = clone(layer.input)
+    clone.set_weights(layer.get_weights())
+    outputs = list(out) if isinstance(out, (list, tuple)) else [out]
+    result = tf_keras.Model(model.inputs, outputs).predict(padded, verbose=0, batch_size=64)
+    result = result if isinstance(result, list) else [result]
+    if mode != "states":
+        return result
+    two_outputs = isinstance(layer, tf_keras.layers.Bidirectional) and layer.merge_mode is None
+    return result[2:] if two_outputs else result[1:]
+
+
+def in_document_order(sequence: np.ndarray, go_backwards: bool) -> np.ndarray:
+    """A ``return_sequences`` output ``(B, T, D)`` indexed by input position: a ``go_backwards``
+    layer returns its outputs in reading order (last input first), so they are reversed; vector k
+    is then the output right after the layer read input position k."""
+    return sequence[:, ::-1] if go_backwards else sequence

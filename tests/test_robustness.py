@@ -236,7 +236,7 @@ def test_lambda_model_runs_when_explicitly_allowed(small_job, tmp_path, lambda_m
 def test_no_pickle_of_user_files_anywhere():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for folder in ("beam_pipeline", "transforms"):
-        for path in glob.glob(os.path.join(root, folder, "*.py")):
+        for path in glob.glob(os.path.join(root, folder, "**", "*.py"), recursive=True):
             source = open(path, encoding="utf-8").read()
             assert "import pickle" not in source and "pickle.load" not in source, path
             assert "safe_mode=False" not in source, path

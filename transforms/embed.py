@@ -17,14 +17,12 @@ the DirectRunner), and the length buckets of ``RunInference`` need ``max_batch_d
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from beam_pipeline import files
 from beam_pipeline.options import JobConfig
 from transforms.errors import NAMESPACE, dead_letter
 
@@ -39,15 +37,11 @@ class RecurrentModelHandler(ModelHandler):
         self.config = config
 
     def load_model(self):
-        from beam_pipeline import inference, recurrent
+        from beam_pipeline import inference
+        from beam_pipeline.model import load_model
 
         device = inference.configure_device(self.config.device)
-        local, is_temp = files.local_copy(self.config.model)
-        try:
-            model = recurrent.load_model(local, unsafe_deserialization=self.config.unsafe_deserialization)
-        finally:
-            if is_temp:
-                os.unlink(local)
+        model = load_model(self.config.model, unsafe_deserialization=self.config.unsafe_deserialization).model
         return inference.Embedder(
             model,
             self.config.layer,
