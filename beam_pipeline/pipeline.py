@@ -16,16 +16,6 @@ from transforms.embed import Embed
 from transforms.read import COUNTS, ReadCorpus
 from transforms.tokenize import Tokenize
 
-SHARD_RE = r"-\d{5}-of-\d{5}"
-
-
-def shard_pattern(prefix: str) -> str:
-    return f"{prefix}-*-of-*.parquet"
-
-
-def error_pattern(prefix: str) -> str:
-    return f"{prefix}-errors-*-of-*.jsonl"
-
 
 def summary_path(prefix: str) -> str:
     return f"{prefix}-summary.json"
@@ -33,34 +23,38 @@ def summary_path(prefix: str) -> str:
 
 def existing_outputs(prefix: str) -> list[str]:
     """Shard and dead-letter files already at ``prefix`` (nothing else that merely shares it)."""
-    found = []
-    for pattern, regex in ((shard_pattern(prefix), SHARD_RE + r"\.parquet"),
-                           (error_pattern(prefix), "-errors" + SHARD_RE + r"\.jsonl")):
-        for m in FileSystems.match([pattern])[0].metadata_list:
-            if re.fullmatch(re.escape(prefix) + regex, m.path):
-                found.append(m.path)
+    return sorted(write.final_files(prefix, ".parquet") + write.final_files(prefix + "-errors", ".jsonl"))
+
+
+def _temp_folders(prefix: str) -> list[str]:
+    """Beam's temp folders (``beam-temp-<name>-<uuid hex>``) of runs at ``prefix`` and its dead letters."""
+    folder, name = FileSystems.split(prefix)
+    own = re.compile(r"beam-temp-" + re.escape(name) + r"(-errors)?-[0-9a-f]{32}")
+    pattern = FileSystems.join(folder, f"beam-temp-{name}-*")
+    found = set()
+    for match in FileSystems.match([pattern, pattern + "/*"]):  # folders (local), files inside (gs://)
+        for m in match.metadata_list:
+            path = m.path.rstrip("/")
+            if own.fullmatch(FileSystems.split(path)[1]):
+                found.add(path)
+            elif own.fullmatch(FileSystems.split(FileSystems.split(path)[0])[1]):
+                found.add(FileSystems.split(path)[0])
     return sorted(found)
 
 
-def stale_outputs(existing: list[str], written: list[str]) -> list[str]:
-    """Files of an earlier run at the prefix: those whose shard count (-of-NNNNN) differs from this
-    run's for the same kind (Parquet shards or dead letters). A kind of which this run reports no
-    file (a retried finalize that found everything renamed) is left alone."""
-
-    def kind_and_count(path: str) -> tuple[str, str]:
-        stem, _, count = path.rpartition("-of-")
-        return ("errors" if path.endswith(".jsonl") else "shards"), count
-
-    current = {kind_and_count(p) for p in written}
-    kinds = {kind for kind, _ in current}
-    return [p for p in existing if p not in written and kind_and_count(p)[0] in kinds
-            and kind_and_count(p) not in current]
+def start_replacing(prefix: str) -> None:
+    """Called once by the launcher before the run: the summary, the output's commit record, goes
+    first (it is written again last, so it exists only while the output is complete), and so do
+    the temp folders a crashed run at the same prefix left behind."""
+    if files.exists(summary_path(prefix)):
+        files.delete([summary_path(prefix)])
+    folders = _temp_folders(prefix)
+    files.delete([f + "/" if files.is_remote(f) else f for f in folders])
 
 
 def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_reason: dict, written: list[str]):
-    """Runs once after every shard is written: removes shards of a previous run at the same prefix
-    that this run did not rewrite, then writes ``PREFIX-summary.json``."""
-    files.delete(stale_outputs(existing_outputs(config.output), written))
+    """Runs once after every shard and dead-letter file is in place (the sinks removed the previous
+    run's): writes ``PREFIX-summary.json``, the commit record listing every file of the output."""
     dead = sum(errors_by_reason.values())
     summary = {
         "read": sum(read),
