@@ -80,10 +80,10 @@ def run(argv: list[str] | None = None, prog: str = PROG) -> dict | None:
     options = PipelineOptions(argv)
     config = resolve(options)
     check_output_prefix(config)
-    paths = files.match(list(config.inputs))
+    sizes = files.match_sizes(list(config.inputs))
     start_replacing(config.output)
     with beam.Pipeline(options=options) as p:
-        build(p, config, paths)
+        build(p, config, list(sizes), sizes)
     result = p.result if hasattr(p, "result") else None
     if not files.exists(summary_path(config.output)):
         return None

@@ -72,9 +72,9 @@ def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_re
     yield summary
 
 
-def build(p: beam.Pipeline, config: JobConfig, paths: list[str]):
-    """Adds the whole job to ``p``."""
-    read = p | "Read" >> ReadCorpus(paths, config.id_field, config.text_field)
+def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str, int] | None = None):
+    """Adds the whole job to ``p``; ``sizes`` (bytes per input file, where known) feed the progress log."""
+    read = p | "Read" >> ReadCorpus(paths, config.id_field, config.text_field, sizes)
     if config.tokenizer:
         tokens = read.docs | "Tokenize" >> beam.ParDo(
             Tokenize(config.tokenizer, None if config.long_docs == "carry" else config.maxlen, config.truncating)

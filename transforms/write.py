@@ -27,6 +27,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsIter, AsSingleton
 
 from transforms.errors import NAMESPACE
+from transforms.read import INPUT_BYTES, InputBytes
 
 LOG = logging.getLogger("beam_pipeline.progress")
 
@@ -106,11 +107,21 @@ class JsonLinesShards(ReplaceExistingFiles, textio._TextSink):
         super().__init__(prefix, file_name_suffix=".jsonl", shard_name_template=SHARD_TEMPLATE)
 
 
-class Progress:
-    """Logs documents embedded so far and the rate, at most every ``every_s`` seconds, per worker."""
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
-    def __init__(self, every_s: float = 10.0):
+
+class Progress:
+    """Logs documents embedded so far and the rate, at most every ``every_s`` seconds, per worker;
+    where the input's sizes are known, also the share of its bytes read and the time left at the
+    rate so far."""
+
+    def __init__(self, every_s: float = 10.0, input_bytes: InputBytes = INPUT_BYTES):
         self.every_s = every_s
+        self.input_bytes = input_bytes
         self.count = 0
         self.start = self.last = time.monotonic()
 
@@ -121,7 +132,12 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= self.every_s:
             self.last = now
-            LOG.info("progress: %d documents embedded, %.0f docs/s", self.count, self.count / (now - self.start))
+            elapsed = max(now - self.start, 1e-9)
+            line = f"progress: {self.count} documents embedded, {self.count / elapsed:.0f} docs/s"
+            share = self.input_bytes.share()
+            if share:
+                line += f", {share:.0%} of the input read, about {_duration(elapsed * (1 - share) / share)} left"
+            LOG.info(line)
 
 
 def rows_to_table(rows: list, arrow_schema: pa.Schema, mode: str) -> pa.Table:
