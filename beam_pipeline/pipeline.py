@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 
@@ -31,15 +32,11 @@ def _temp_folders(prefix: str) -> list[str]:
     folder, name = FileSystems.split(prefix)
     own = re.compile(r"beam-temp-" + re.escape(name) + r"(-errors)?-[0-9a-f]{32}")
     pattern = FileSystems.join(folder, f"beam-temp-{name}-*")
-    found = set()
-    for match in FileSystems.match([pattern, pattern + "/*"]):  # folders (local), files inside (gs://)
-        for m in match.metadata_list:
-            path = m.path.rstrip("/")
-            if own.fullmatch(FileSystems.split(path)[1]):
-                found.add(path)
-            elif own.fullmatch(FileSystems.split(FileSystems.split(path)[0])[1]):
-                found.add(FileSystems.split(path)[0])
-    return sorted(found)
+    if files.is_remote(prefix):  # object stores have no folders: the objects inside name them
+        paths = [FileSystems.split(m.path)[0] for m in FileSystems.match([pattern + "/*"])[0].metadata_list]
+    else:
+        paths = glob.glob(pattern)
+    return sorted({p for p in paths if own.fullmatch(FileSystems.split(p)[1])})
 
 
 def start_replacing(prefix: str) -> None:

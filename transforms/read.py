@@ -17,9 +17,9 @@ Each file also reports how many records it held (tag ``counts``), for the run's 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import posixpath
+import uuid
 from collections.abc import Iterator
 
 import apache_beam as beam
@@ -38,11 +38,14 @@ class InputBytes:
     it is read, any other file once it has been read."""
 
     def __init__(self):
+        self.run = ""
         self.total = 0
         self.read = 0
 
-    def start(self, total: int) -> None:
-        self.total = total
+    def start(self, run: str, total: int) -> None:
+        """Called by every reader of run ``run``: the first one of a new run starts counting afresh."""
+        if run != self.run:
+            self.run, self.total, self.read = run, total, 0
 
     def add(self, size: int) -> None:
         self.read += size
@@ -107,9 +110,10 @@ class ReadRecords(beam.DoFn):
         self.id_field = id_field
         self.text_field = text_field
         self.total_bytes = total_bytes
+        self.run = uuid.uuid4().hex  # one per pipeline built: this run's progress counts
 
     def setup(self):
-        INPUT_BYTES.start(self.total_bytes)
+        INPUT_BYTES.start(self.run, self.total_bytes)
 
     def process(self, element: str | tuple[str, int | None]):
         path, size = element if isinstance(element, tuple) else (element, None)
@@ -178,7 +182,9 @@ class ReadRecords(beam.DoFn):
 
     def _csv(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)
-        text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")  # -sig: a BOM
+        # Lines as _lines gives them (BOM dropped, compressed files too), "\n" put back so that a
+        # quoted field may span lines.
+        text = (line.decode("utf-8", "surrogateescape") + "\n" for line in _lines(f, self._counted))
         reader = csv.DictReader(text)
         if reader.fieldnames is None:
             return
