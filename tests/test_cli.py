@@ -103,7 +103,7 @@ def test_any_beam_pipeline_option_is_accepted_and_anything_else_refused():
         check_argv(["--input", "x", "--temp_locaton", "gs://b/tmp"])
     assert refused.value.code == 2
     with pytest.raises(SystemExit):
-        check_argv(["--input", "x", "stray"])
+        check_argv(["--input", "x", "--mode", "final", "stray"])
 
 
 # --- 3. no silent default for padding / truncating ----------------------------------------------
@@ -210,11 +210,13 @@ def test_normal_run_hides_tensorflow_and_beam_start_up_noise(normal_run):
 
 
 def test_log_level_shows_the_start_up_messages(small_job, tmp_path):
-    args = ("--input", tmp_path / "none-*.txt", "--model", small_job.model, "--tokenizer", small_job.tokenizer,
-            "--output", tmp_path / "o")
+    corpus = helpers.write_text(tmp_path / "c.txt", ["the rocket"])
+    args = ("--input", corpus, "--model", small_job.model, "--tokenizer", small_job.tokenizer,
+            "--output", tmp_path / "o", "--layer", "no_such_layer")  # refused once the model is loaded
     quiet, loud = _cli(*args), _cli(*args, "--log_level", "info")
     assert quiet.returncode == loud.returncode == 2
-    assert quiet.stderr.strip().splitlines() == [next(iter(loud.stderr.strip().splitlines()[-1:]))]
+    assert quiet.stderr.strip().splitlines() == loud.stderr.strip().splitlines()[-1:]
+    assert quiet.stderr.startswith("error: ") and "no_such_layer" in quiet.stderr
     assert len(loud.stderr.strip().splitlines()) > 1, "TensorFlow's start-up lines are shown with --log_level info"
 
 
@@ -270,6 +272,10 @@ def test_readme_tokenizer_recipe_writes_json_the_job_tokenizes_with_exactly(tmp_
     legacy = helpers.legacy_tokenizer(texts, num_words=20000, oov_token="<unk>")
     probe = texts + ["words never seen before", "The QUICK fox!"]
     assert ours.texts_to_sequences(probe) == legacy.texts_to_sequences(probe)
+    from beam_pipeline.demo import fit_tokenizer_json  # the README's way without tf-keras
+
+    without_tf_keras = KerasTokenizer.from_json(fit_tokenizer_json(texts, num_words=20000, oov_token="<unk>"))
+    assert without_tf_keras.texts_to_sequences(probe) == legacy.texts_to_sequences(probe)
 
 
 def test_options_class_is_the_one_the_help_lists():
