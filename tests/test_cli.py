@@ -148,6 +148,23 @@ def test_masked_model_may_omit_padding_and_gets_the_same_vectors(small_job, corp
     assert meta["padding"] is None and meta["truncating"] == "pre"
 
 
+def test_raw_text_model_needs_neither_side_and_refuses_pre(corpus, tmp_path):
+    """Its TextVectorization pads and truncates at the end itself: the flags cannot change that."""
+    import keras
+
+    vectorizer = keras.layers.TextVectorization(max_tokens=50, output_sequence_length=12)
+    vectorizer.adapt(["the rocket launch", "a new recipe with garlic"])
+    inp = keras.Input((1,), dtype="string")
+    x = keras.layers.LSTM(4, name="lstm")(keras.layers.Embedding(50, 4, mask_zero=True)(vectorizer(inp)))
+    path = tmp_path / "text.keras"
+    keras.Model(inp, x).save(path)
+    base = ["--input", corpus, "--model", str(path), "--output", str(tmp_path / "emb")]
+    config = resolve(PipelineOptions(base))
+    assert (config.padding, config.truncating) == ("post", "post")
+    with pytest.raises(ConfigError, match="--truncating pre cannot apply.*TextVectorization pads and truncates"):
+        resolve(PipelineOptions([*base, "--truncating", "pre"]))
+
+
 def test_inspect_says_whether_masked_and_which_side_flags_matter(small_job, unmasked_model, capsys):
     from beam_pipeline.inspect import main
 
