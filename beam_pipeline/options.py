@@ -378,12 +378,12 @@ def resolve(options: PipelineOptions) -> JobConfig:
     except recurrent.ModelError as e:
         raise ConfigError(str(e)) from e
 
-    padding, truncating = _check_sides(o, info.masked, recurrent.takes_text(model))
     if recurrent.takes_text(model):
         maxlen, tokenizer_sha, depth = _check_text_model(o, model)
     else:
         maxlen = _check_maxlen(o, model)
         tokenizer_sha, depth = _check_tokenizer(o, model, layer)
+    padding, truncating = _check_sides(o, info.masked, recurrent.takes_text(model))
 
     layer_info = {
         **asdict(info),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -57,6 +58,7 @@ class InputBytes:
 
 INPUT_BYTES = InputBytes()
 COMPRESSED = (".gz", ".bz2", ".deflate", ".zst")
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
 
 
 def file_format(path: str) -> str:
@@ -183,8 +185,10 @@ class ReadRecords(beam.DoFn):
     def _csv(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)
         # Lines as _lines gives them (BOM dropped, compressed files too), "\n" put back so that a
-        # quoted field may span lines.
-        text = (line.decode("utf-8", "surrogateescape") + "\n" for line in _lines(f, self._counted))
+        # quoted field may span lines, and split after a lone "\r" as a file opened with newline=""
+        # (what the csv module expects) would be.
+        text = (part for line in _lines(f, self._counted)
+                for part in _LONE_CR.split(line.decode("utf-8", "surrogateescape") + "\n"))
         reader = csv.DictReader(text)
         if reader.fieldnames is None:
             return
