@@ -10,14 +10,14 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from beam_pipeline import files  # noqa: E402
-from beam_pipeline.options import ConfigError, JobConfig, resolve  # noqa: E402
-from beam_pipeline.pipeline import build, existing_outputs, summary_path  # noqa: E402
+from beam_pipeline.options import PROG, ConfigError, JobConfig, check_argv, job_parser, resolve  # noqa: E402
+from beam_pipeline.pipeline import build, existing_outputs, start_replacing, summary_path  # noqa: E402
 from transforms.errors import NAMESPACE  # noqa: E402
 from transforms.write import METADATA_KEY  # noqa: E402
 
@@ -65,21 +65,25 @@ def metrics_of(result) -> dict:
     return out
 
 
-def run(argv: list[str] | None = None) -> dict | None:
-    """Runs the job; returns the summary (None when the runner runs it asynchronously)."""
+def run(argv: list[str] | None = None, prog: str = PROG) -> dict | None:
+    """Runs the job; returns the summary (None when the runner runs it asynchronously).
+
+    An unknown argument or ``--help`` ends here with ``SystemExit`` (2 or 0), before any work."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         from beam_pipeline.demo import demo_argv
 
         argv = demo_argv()
-        print("running the embedded default (sample corpus + demo model):\n  python -m beam_pipeline "
-              + " ".join(argv), file=sys.stderr)
+        print(f"running the embedded default (sample corpus + demo model):\n  {prog} " + " ".join(argv),
+              file=sys.stderr)
+    check_argv(argv, prog)
     options = PipelineOptions(argv)
     config = resolve(options)
     check_output_prefix(config)
-    paths = files.match(list(config.inputs))
+    sizes = files.match_sizes(list(config.inputs))
+    start_replacing(config.output)
     with beam.Pipeline(options=options) as p:
-        build(p, config, paths)
+        build(p, config, list(sizes), sizes)
     result = p.result if hasattr(p, "result") else None
     if not files.exists(summary_path(config.output)):
         return None
@@ -94,10 +98,10 @@ def print_summary(summary: dict) -> None:
     dims = ", ".join(f"{k}[{v}]" for k, v in summary["columns"].items())
     lines = [
         f"layer {job['layer']} ({job['layer_class']}, {job['units']} units, masked={job['masked']}) mode={job['mode']}",
-        f"documents read {summary['read']}: embedded {summary['embedded']}, dead-lettered {summary['dead_lettered']}"
-        + (f" {summary['errors_by_reason']}" if summary["errors_by_reason"] else ""),
-        f"columns: doc_id, num_tokens, {dims} ({job['dtype']})",
+        f"documents read {summary['read']}: embedded {summary['embedded']}, dead-lettered {summary['dead_lettered']}",
     ]
+    lines += [f"  {reason}: {n}" for reason, n in summary["errors_by_reason"].items()]
+    lines.append(f"columns: doc_id, num_tokens, {dims} ({job['dtype']})")
     if m:
         tokens, padded = m.get("tokens", 0), m.get("padded_timesteps", 0)
         lines.append(
@@ -110,11 +114,48 @@ def print_summary(summary: dict) -> None:
     print("\n".join(lines))
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("beam_pipeline").setLevel(logging.INFO)
+# --log_level -> TF_CPP_MIN_LOG_LEVEL (TensorFlow's C++ messages, read once when TensorFlow loads).
+_TF_CPP_LEVEL = {"error": "3", "warning": "1", "info": "0", "debug": "0"}
+
+
+def configure_logging(argv: list[str], prog: str = PROG) -> None:
+    """Start-up noise of TensorFlow, absl and Beam hidden unless ``--log_level`` asks for it; the
+    job's own messages (``beam_pipeline`` loggers: progress, kernel path) always at INFO."""
+    level = job_parser(prog).parse_known_args(argv)[0].log_level
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = _TF_CPP_LEVEL[level]
+    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level.upper())
+    logging.getLogger("beam_pipeline").setLevel(min(logging.INFO, logging.getLevelName(level.upper())))
+    for noisy in ("absl", "tensorflow", "apache_beam", "h5py"):
+        logging.getLogger(noisy).setLevel(level.upper())
+    if level == "error":
+        _import_tensorflow_quietly()
+
+
+def _import_tensorflow_quietly() -> None:
+    """TensorFlow writes its start-up lines (oneDNN, CUDA drivers, ``cuInit``) from C++ straight to
+    file descriptor 2, before ``TF_CPP_MIN_LOG_LEVEL`` applies: import it, and look for GPUs once,
+    with that descriptor pointed at /dev/null. Errors still raise, and print once it is restored."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
     try:
-        summary = run()
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main() -> int:
+    prog = "beam-recurrent-embeddings" if os.path.basename(sys.argv[0]) == "beam-recurrent-embeddings" else PROG
+    argv = sys.argv[1:]
+    check_argv(argv, prog)  # --help and unknown arguments, before anything slow
+    configure_logging(argv, prog)
+    try:
+        summary = run(argv, prog)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -118,5 +118,7 @@ def demo_argv(folder: str = os.path.join("out", "demo")) -> list[str]:
         "--tokenizer", paths["tokenizer.json"],
         "--output", os.path.join(folder, "embeddings"),
         "--mode", "final",
+        "--padding", "pre",  # trained on pad_sequences' defaults (masked: the padding side changes no value)
+        "--truncating", "pre",
         "--overwrite",
     ]

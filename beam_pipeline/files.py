@@ -110,13 +110,18 @@ def local_file_or_folder(path: str) -> Iterator[str]:
 
 def match(patterns: list[str]) -> list[str]:
     """Every file matching any of the patterns, in a stable order; a pattern matching nothing is an error."""
-    found: list[str] = []
+    return list(match_sizes(patterns))
+
+
+def match_sizes(patterns: list[str]) -> dict[str, int]:
+    """``match``, with each file's size in bytes (as stored: compressed files' compressed size)."""
+    found: dict[str, int] = {}
     for pattern in patterns:
         result = FileSystems.match([pattern])[0]
-        paths = sorted(m.path for m in result.metadata_list)
-        if not paths:
+        if not result.metadata_list:
             raise FileNotFoundError(f"--input {pattern!r} matches no file")
-        found.extend(p for p in paths if p not in found)
+        for m in sorted(result.metadata_list, key=lambda m: m.path):
+            found.setdefault(m.path, m.size_in_bytes)
     return found
 
 

@@ -27,6 +27,8 @@ import pyarrow as pa  # noqa: E402
 
 from beam_pipeline import files, recurrent  # noqa: E402
 from beam_pipeline.keras_tokenizer import KerasTokenizer  # noqa: E402
+from beam_pipeline.model.checks import UnreadableModel  # noqa: E402
+from beam_pipeline.options import sides_that_matter  # noqa: E402
 from transforms.write import schema  # noqa: E402
 
 # Columns the job writes before the embedding columns, whatever the layer and mode.
@@ -67,6 +69,8 @@ def _load(path: str, unsafe_deserialization: bool):
 
     try:
         return load_model(path, unsafe_deserialization=unsafe_deserialization)
+    except UnreadableModel as e:
+        raise InspectError(f"--model {path}: {e}") from e
     except recurrent.ModelError as e:
         raise InspectError(str(e)) from e
 
@@ -129,8 +133,21 @@ def _recurrent_entry(index: int, layer, model) -> dict[str, Any]:
         entry["error"] = str(e)
         return entry
     entry.update(dataclasses.asdict(info), state_names=list(info.state_names), columns=_columns(info),
-                 weights=weights)
+                 weights=weights, pad_flags=_pad_flags(info.masked, recurrent.takes_text(model)))
     return entry
+
+
+def _pad_flags(masked: bool, takes_text: bool) -> dict[str, str]:
+    """For ``--padding`` and ``--truncating``: whether the job requires it for this layer, and why."""
+    if takes_text:
+        return {flag: "not used: the model's TextVectorization pads and truncates (post) itself"
+                for flag in ("padding", "truncating")}
+    matter = sides_that_matter(masked, takes_text, "truncate")
+    out = {}
+    out["padding"] = (f"required: {matter['padding']}" if "padding" in matter
+                      else "optional: the model masks the padding, so its side changes no value")
+    out["truncating"] = (f"required: {matter['truncating']} (not with --long_docs carry, which cuts nothing)")
+    return out
 
 
 def _tokenizer_entry(path: str, model, default_layer) -> tuple[dict[str, Any], list[str]]:
@@ -254,6 +271,8 @@ def render_text(report: dict) -> str:
         kind = t["class_name"] + (f"({t['cell_class']}, merge_mode={t['merge_mode']})" if t["bidirectional"] else "")
         lines.append(f"  {kind}, units={t['units']}, input features={t['input_dim']}, "
                      f"receives a mask={_yes(t['masked'])}")
+        lines.append(f"  masked: {_yes(t['masked'])}; --padding {t['pad_flags']['padding']}")
+        lines.append(f"  --truncating {t['pad_flags']['truncating']}")
         lines.append(f"  Parquet columns after {report['leading_columns']} "
                      f"({report['dtype']}; float16 with --dtype float16):")
         for mode, columns in t["columns"].items():

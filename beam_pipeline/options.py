@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import __version__, files, recurrent
+from beam_pipeline.model.checks import UnreadableModel
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
 
@@ -31,39 +32,154 @@ def _flag(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+PROG = "python -m beam_pipeline"
+LOG_LEVELS = ("error", "warning", "info", "debug")
+PAD_SIDES = ("pre", "post")
+KERAS_DEFAULTS = "keras.utils.pad_sequences defaults to padding='pre', truncating='pre'"
+
+
 class EmbeddingOptions(PipelineOptions):
+    """The job's own flags, in the groups ``--help`` shows them in."""
+
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--input", nargs="+", help="File, glob or list of them (local or gs://).")
-        parser.add_argument("--output", help="Output prefix: shards are PREFIX-SSSSS-of-NNNNN.parquet.")
-        parser.add_argument("--model", help=".keras or .h5 model file, or a tf.keras SavedModel folder "
-                            "(local or gs://).")
-        parser.add_argument("--tokenizer", default=None, help="JSON written by a legacy Keras Tokenizer.to_json().")
-        parser.add_argument("--layer", default=None, help="Target layer name or index; default: last recurrent.")
-        parser.add_argument("--mode", default="final", choices=recurrent.MODES)
-        parser.add_argument("--maxlen", type=int, default=None,
-                            help="Timesteps per document; default: the model's fixed input length.")
-        parser.add_argument("--padding", default="pre", choices=("pre", "post"))
-        parser.add_argument("--truncating", default="pre", choices=("pre", "post"))
-        parser.add_argument("--long_docs", default="truncate", choices=("truncate", "carry"),
-                            help="truncate: cut at maxlen as pad_sequences does; carry: read every maxlen window "
-                                 "in turn, the recurrent states carried from one to the next.")
-        parser.add_argument("--id_field", default="id")
-        parser.add_argument("--text_field", default="text")
-        parser.add_argument("--num_shards", type=int, default=0, help="0: let the runner decide.")
-        parser.add_argument("--batch_size", type=int, default=512, help="Documents per inference call.")
-        parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-        parser.add_argument("--length_bucketing", default="auto", choices=("auto", "off"),
-                            help="auto: for masked models, sort by length and pad each batch to its longest.")
-        parser.add_argument("--jit", default="auto", choices=("auto", "off"),
-                            help="auto: on the CPU, XLA-compile the sub-model for batch shapes that repeat.")
-        parser.add_argument("--compression", default="zstd", choices=COMPRESSIONS)
-        parser.add_argument("--dtype", default="float32", choices=("float32", "float16"))
-        parser.add_argument("--row_group_mb", type=int, default=32, help="Target Parquet row group size in MiB.")
-        parser.add_argument("--overwrite", nargs="?", const=True, default=False, type=_flag,
-                            help="Replace shards of a different model/layer/mode at the output prefix.")
-        parser.add_argument("--unsafe_deserialization", nargs="?", const=True, default=False, type=_flag,
-                            help="Load models holding Python code (Lambda layers). Only for files you trust.")
+        group = parser.add_argument_group("input")
+        group.add_argument("--input", nargs="+", metavar="PATH",
+                           help="Required. File(s) or glob(s), local or gs://. .jsonl/.json: one JSON object per "
+                                "line; .csv: with a header; .parquet; anything else: plain text, one document per "
+                                "line. .gz/.bz2 are decompressed.")
+        group.add_argument("--id_field", default="id",
+                           help="Field (JSONL) or column (CSV, Parquet) of the document id.")
+        group.add_argument("--text_field", default="text",
+                           help="Field (JSONL) or column (CSV, Parquet) of the document text.")
+
+        group = parser.add_argument_group("model")
+        group.add_argument("--model", metavar="PATH",
+                           help="Required. .keras or .h5 model file, or a tf.keras SavedModel folder (local or gs://).")
+        group.add_argument("--layer", default=None,
+                           help="Target layer, name or index into model.layers. Default: the last recurrent layer.")
+        group.add_argument("--mode", default="final", choices=recurrent.MODES,
+                           help="final: the layer's output vector; sequence: one vector per real token; "
+                                "states: the final h (and c) states.")
+        group.add_argument("--unsafe_deserialization", nargs="?", const=True, default=False, type=_flag,
+                           metavar="true|false",
+                           help="Load models holding Python code (Lambda layers). Only for files you trust.")
+
+        group = parser.add_argument_group("preprocessing")
+        group.add_argument("--tokenizer", default=None, metavar="PATH",
+                           help="JSON of a legacy Keras Tokenizer.to_json(). Required unless the model takes raw "
+                                "text (TextVectorization).")
+        group.add_argument("--maxlen", type=int, default=None,
+                           help="Timesteps per document. Default: the model's fixed input length.")
+        group.add_argument("--padding", default=None, choices=PAD_SIDES,
+                           help="Side padding goes, as the model was trained. Required for a model without a "
+                                "mask (it changes every vector); " + KERAS_DEFAULTS + ".")
+        group.add_argument("--truncating", default=None, choices=PAD_SIDES,
+                           help="Which end of a document longer than maxlen is cut, as the model was trained. "
+                                "Required (it decides which tokens are kept), except with --long_docs carry.")
+        group.add_argument("--long_docs", default="truncate", choices=("truncate", "carry"),
+                           help="truncate: cut at maxlen as pad_sequences does; carry: read every maxlen window "
+                                "in turn, the recurrent states carried from one to the next.")
+
+        group = parser.add_argument_group("output")
+        group.add_argument("--output", metavar="PREFIX",
+                           help="Required. Output prefix: PREFIX-SSSSS-of-NNNNN.parquet shards, "
+                                "PREFIX-errors-*.jsonl dead letters, and PREFIX-summary.json, written last.")
+        group.add_argument("--num_shards", type=int, default=0, help="Parquet shards; 0: the runner decides.")
+        group.add_argument("--compression", default="zstd", choices=COMPRESSIONS, help="Parquet compression.")
+        group.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                           help="Type of the vector values.")
+        group.add_argument("--row_group_mb", type=int, default=32, help="Target Parquet row group size in MiB.")
+        group.add_argument("--overwrite", nargs="?", const=True, default=False, type=_flag, metavar="true|false",
+                           help="Replace shards of a different model/layer/mode at the output prefix.")
+        group.add_argument("--log_level", default="error", choices=LOG_LEVELS,
+                           help="Lowest level of TensorFlow, absl and Beam messages shown; the job's own "
+                                "progress and summary always show.")
+
+        group = parser.add_argument_group("performance")
+        group.add_argument("--batch_size", type=int, default=512, help="Documents per inference call.")
+        group.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
+                           help="auto: the GPU when TensorFlow sees one, else the CPU.")
+        group.add_argument("--length_bucketing", default="auto", choices=("auto", "off"),
+                           help="auto: for masked models, sort by length and pad each batch to its longest.")
+        group.add_argument("--jit", default="auto", choices=("auto", "off"),
+                           help="auto: on the CPU, XLA-compile the sub-model for batch shapes that repeat.")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends each flag's default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is not None and action.default is not argparse.SUPPRESS and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def job_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The job's flags as ``--help`` prints them."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        allow_abbrev=False,
+        formatter_class=_HelpFormatter,
+        usage=f"{prog} --input PATH [PATH ...] --model PATH [--tokenizer PATH] --output PREFIX "
+              "[--truncating pre|post] [--padding pre|post] [job flags] [Beam pipeline options]",
+        description="Embed a text corpus with one recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional) of a "
+                    "trained Keras model and write sharded Parquet.\n"
+                    f"With no arguments, runs the embedded demo. Inspect a model first: {PROG}.inspect --model PATH",
+        epilog="Any Apache Beam pipeline option is also accepted (--runner, --direct_num_workers, --project, "
+               "--region, --temp_location, ...). An argument that is neither a job flag nor a Beam option is an error.",
+    )
+    EmbeddingOptions._add_argparse_args(parser)
+    return parser
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """Every flag of every registered Beam ``PipelineOptions`` class (the job's own included)."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    try:
+        import apache_beam.runners.render  # noqa: F401  (registers RenderOptions)
+    except ImportError:
+        pass
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen: set[type] = set()
+    todo = list(PipelineOptions.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        todo.extend(cls.__subclasses__())
+        if "_add_argparse_args" in cls.__dict__:
+            try:
+                cls._add_argparse_args(parser)
+            except argparse.ArgumentError:  # a flag two classes both define
+                pass
+    return parser
+
+
+def check_argv(argv: list[str], prog: str = PROG) -> None:
+    """``--help`` prints the job's flags; an argument that neither the job nor any registered Beam
+    ``PipelineOptions`` class knows stops the launch with exit status 2, and Beam's suggestion
+    (``difflib``'s closest known flag, as Beam computes it when it discards the argument)."""
+    import difflib
+
+    parser = job_parser(prog)
+    parser.parse_known_args(argv)  # --help, and wrong values of the job's own flags
+    beam_parser = _beam_parser()
+    _, unknown = beam_parser.parse_known_args(argv)
+    if not unknown:
+        return
+    known = [opt for action in beam_parser._actions for opt in action.option_strings]
+    hints = []
+    for arg in unknown:
+        if arg.startswith("--"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], known)
+            if close:
+                hints.append(f"{arg.split('=', 1)[0]}: did you mean {close[0]}?")
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else "")
+                 + f". Job flags: {prog} --help; any Beam pipeline option is also accepted.")
 
 
 @dataclass(frozen=True)
@@ -77,8 +193,8 @@ class JobConfig:
     layer: str  # resolved layer name
     mode: str
     maxlen: int
-    padding: str
-    truncating: str
+    padding: str | None  # None: it changes no value (a masked model)
+    truncating: str | None  # None: nothing is truncated (--long_docs carry)
     long_docs: str
     id_field: str
     text_field: str
@@ -190,6 +306,41 @@ def _check_text_model(o: EmbeddingOptions, model) -> tuple[int, None, None]:
     return int(length or 0), None, None
 
 
+def sides_that_matter(masked: bool, takes_text: bool, long_docs: str) -> dict[str, str]:
+    """Which of ``--padding`` / ``--truncating`` change the values for this model, and why; the
+    others are not required. A raw-text model's TextVectorization pads and truncates by itself."""
+    if takes_text:
+        return {}
+    matter = {}
+    if not masked:
+        matter["padding"] = ("the model has no mask, so the padding timesteps go through the recurrent layer "
+                             "and change every vector")
+    if long_docs == "truncate":
+        matter["truncating"] = "it decides which tokens of a document longer than maxlen are kept"
+    return matter
+
+
+def _check_sides(o: EmbeddingOptions, masked: bool, takes_text: bool) -> tuple[str | None, str | None]:
+    """(padding, truncating) for the job; refuses a missing one that changes the values."""
+    if takes_text:
+        for flag in ("padding", "truncating"):
+            if getattr(o, flag) not in (None, "post"):
+                raise ConfigError(f"--{flag} {getattr(o, flag)} cannot apply: the model's TextVectorization pads "
+                                  f"and truncates at the end (post) itself; leave --{flag} out")
+        return "post", "post"
+    matter = sides_that_matter(masked, takes_text, o.long_docs)
+    missing = [flag for flag in matter if getattr(o, flag) is None]
+    if missing:
+        reasons = "; ".join(f"--{flag}: {matter[flag]}" for flag in missing)
+        raise ConfigError(
+            f"{' and '.join('--' + f for f in missing)} {'are' if len(missing) > 1 else 'is'} required for this "
+            f"model: pass the side{'s' if len(missing) > 1 else ''} it was trained with (pre or post). {reasons}. "
+            f"No default is assumed, because a wrong side gives other vectors without any error; "
+            f"if you trained on keras.utils.pad_sequences without setting them, that is pre ({KERAS_DEFAULTS})."
+        )
+    return o.padding, o.truncating
+
+
 def resolve(options: PipelineOptions) -> JobConfig:
     """Validates the options against the model and tokenizer; raises ConfigError on any problem."""
     o = options.view_as(EmbeddingOptions)
@@ -213,6 +364,8 @@ def resolve(options: PipelineOptions) -> JobConfig:
 
     try:
         loaded = load_model(o.model, unsafe_deserialization=o.unsafe_deserialization)
+    except UnreadableModel as e:
+        raise ConfigError(f"--model {o.model}: {e}") from e
     except recurrent.ModelError as e:
         raise ConfigError(str(e)) from e
     model = loaded.model
@@ -229,6 +382,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
     else:
         maxlen = _check_maxlen(o, model)
         tokenizer_sha, depth = _check_tokenizer(o, model, layer)
+    padding, truncating = _check_sides(o, info.masked, recurrent.takes_text(model))
 
     layer_info = {
         **asdict(info),
@@ -243,8 +397,8 @@ def resolve(options: PipelineOptions) -> JobConfig:
         layer=info.name,
         mode=o.mode,
         maxlen=maxlen,
-        padding=o.padding,
-        truncating=o.truncating,
+        padding=padding,
+        truncating=truncating,
         long_docs=o.long_docs,
         id_field=o.id_field,
         text_field=o.text_field,

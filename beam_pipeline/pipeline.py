@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 
@@ -16,16 +17,6 @@ from transforms.embed import Embed
 from transforms.read import COUNTS, ReadCorpus
 from transforms.tokenize import Tokenize
 
-SHARD_RE = r"-\d{5}-of-\d{5}"
-
-
-def shard_pattern(prefix: str) -> str:
-    return f"{prefix}-*-of-*.parquet"
-
-
-def error_pattern(prefix: str) -> str:
-    return f"{prefix}-errors-*-of-*.jsonl"
-
 
 def summary_path(prefix: str) -> str:
     return f"{prefix}-summary.json"
@@ -33,34 +24,34 @@ def summary_path(prefix: str) -> str:
 
 def existing_outputs(prefix: str) -> list[str]:
     """Shard and dead-letter files already at ``prefix`` (nothing else that merely shares it)."""
-    found = []
-    for pattern, regex in ((shard_pattern(prefix), SHARD_RE + r"\.parquet"),
-                           (error_pattern(prefix), "-errors" + SHARD_RE + r"\.jsonl")):
-        for m in FileSystems.match([pattern])[0].metadata_list:
-            if re.fullmatch(re.escape(prefix) + regex, m.path):
-                found.append(m.path)
-    return sorted(found)
+    return sorted(write.final_files(prefix, ".parquet") + write.final_files(prefix + "-errors", ".jsonl"))
 
 
-def stale_outputs(existing: list[str], written: list[str]) -> list[str]:
-    """Files of an earlier run at the prefix: those whose shard count (-of-NNNNN) differs from this
-    run's for the same kind (Parquet shards or dead letters). A kind of which this run reports no
-    file (a retried finalize that found everything renamed) is left alone."""
+def _temp_folders(prefix: str) -> list[str]:
+    """Beam's temp folders (``beam-temp-<name>-<uuid hex>``) of runs at ``prefix`` and its dead letters."""
+    folder, name = FileSystems.split(prefix)
+    own = re.compile(r"beam-temp-" + re.escape(name) + r"(-errors)?-[0-9a-f]{32}")
+    pattern = FileSystems.join(folder, f"beam-temp-{name}-*")
+    if files.is_remote(prefix):  # object stores have no folders: the objects inside name them
+        paths = [FileSystems.split(m.path)[0] for m in FileSystems.match([pattern + "/*"])[0].metadata_list]
+    else:
+        paths = glob.glob(pattern)
+    return sorted({p for p in paths if own.fullmatch(FileSystems.split(p)[1])})
 
-    def kind_and_count(path: str) -> tuple[str, str]:
-        stem, _, count = path.rpartition("-of-")
-        return ("errors" if path.endswith(".jsonl") else "shards"), count
 
-    current = {kind_and_count(p) for p in written}
-    kinds = {kind for kind, _ in current}
-    return [p for p in existing if p not in written and kind_and_count(p)[0] in kinds
-            and kind_and_count(p) not in current]
+def start_replacing(prefix: str) -> None:
+    """Called once by the launcher before the run: the summary, the output's commit record, goes
+    first (it is written again last, so it exists only while the output is complete), and so do
+    the temp folders a crashed run at the same prefix left behind."""
+    if files.exists(summary_path(prefix)):
+        files.delete([summary_path(prefix)])
+    folders = _temp_folders(prefix)
+    files.delete([f + "/" if files.is_remote(f) else f for f in folders])
 
 
 def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_reason: dict, written: list[str]):
-    """Runs once after every shard is written: removes shards of a previous run at the same prefix
-    that this run did not rewrite, then writes ``PREFIX-summary.json``."""
-    files.delete(stale_outputs(existing_outputs(config.output), written))
+    """Runs once after every shard and dead-letter file is in place (the sinks removed the previous
+    run's): writes ``PREFIX-summary.json``, the commit record listing every file of the output."""
     dead = sum(errors_by_reason.values())
     summary = {
         "read": sum(read),
@@ -78,9 +69,9 @@ def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_re
     yield summary
 
 
-def build(p: beam.Pipeline, config: JobConfig, paths: list[str]):
-    """Adds the whole job to ``p``."""
-    read = p | "Read" >> ReadCorpus(paths, config.id_field, config.text_field)
+def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str, int] | None = None):
+    """Adds the whole job to ``p``; ``sizes`` (bytes per input file, where known) feed the progress log."""
+    read = p | "Read" >> ReadCorpus(paths, config.id_field, config.text_field, sizes)
     if config.tokenizer:
         tokens = read.docs | "Tokenize" >> beam.ParDo(
             Tokenize(config.tokenizer, None if config.long_docs == "carry" else config.maxlen, config.truncating)

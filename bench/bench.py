@@ -378,6 +378,8 @@ def child_variant_c(work: str, name: str, corpus: str = "corpus.jsonl", profile:
         "--tokenizer", os.path.join(work, "tokenizer.json"),
         "--output", prefix,
         "--mode", "final",
+        "--padding", "pre",  # as the bench models were trained (pad_sequences' defaults)
+        "--truncating", "pre",
         "--overwrite",
         *job_args,
     ]

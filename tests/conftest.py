@@ -19,7 +19,8 @@ class SmallJob:
 
     def argv(self, inputs, output, *extra) -> list[str]:
         return ["--input", *map(str, inputs if isinstance(inputs, list) else [inputs]), "--model", self.model,
-                "--tokenizer", self.tokenizer, "--output", str(output), *map(str, extra)]
+                "--tokenizer", self.tokenizer, "--output", str(output), "--padding", "pre", "--truncating", "pre",
+                *map(str, extra)]
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from tests.gcs_emulator import gcs_emulator  # noqa: F401  (the session fixture)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 SHARD_NAME = re.compile(r"emb-\d{5}-of-(\d{5})\.parquet")
-JOB_FLAGS = ["--mode", "final", "--num_shards", "3", "--batch_size", "128"]
+JOB_FLAGS = ["--mode", "final", "--num_shards", "3", "--batch_size", "128", "--padding", "pre", "--truncating", "pre"]
 
 
 @pytest.fixture(scope="module")

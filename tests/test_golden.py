@@ -159,7 +159,8 @@ def check_against_keras(case: Case, mode: str, layer: str, table) -> None:
 def run_case(case: Case, mode: str, tmp_path, layer: str | None = None):
     out = tmp_path / f"{case.name}-{mode}"
     argv = ["--input", case.input_path, "--model", case.model_path, "--tokenizer", case.tokenizer_path,
-            "--output", out, "--mode", mode, *case.extra]
+            "--output", out, "--mode", mode, "--padding", case.padding, "--truncating", case.truncating,
+            *case.extra]
     if layer:
         argv += ["--layer", layer]
     summary = helpers.run_job(argv)
@@ -220,7 +221,7 @@ def test_legacy_tf_keras_h5_model_loads_and_matches_tf_keras(tmp_path):
     (tmp_path / "tok.json").write_text(tok.to_json())
     corpus = helpers.write_jsonl(tmp_path / "c.jsonl", docs)
     helpers.run_job(["--input", corpus, "--model", model_path, "--tokenizer", tmp_path / "tok.json",
-                     "--output", tmp_path / "out"])
+                     "--output", tmp_path / "out", "--padding", "pre", "--truncating", "pre"])
     table = helpers.read_output(str(tmp_path / "out"))
     padded = tf_keras.utils.pad_sequences(tok.texts_to_sequences([t for _, t in docs]), maxlen=15)
     want = tf_keras.Model(legacy.inputs, legacy.get_layer("lstm").output).predict(padded, verbose=0)

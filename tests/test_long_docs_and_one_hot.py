@@ -69,7 +69,7 @@ def test_carry_equals_one_pass_over_the_whole_document(carry_case, mode, tmp_pat
     model, tok, docs, model_path, tok_path, corpus = carry_case
     out = tmp_path / "emb"
     helpers.run_job(["--input", corpus, "--model", model_path, "--tokenizer", tok_path, "--output", out,
-                     "--mode", mode, "--maxlen", WINDOW, "--long_docs", "carry"])
+                     "--mode", mode, "--maxlen", WINDOW, "--long_docs", "carry", "--padding", "pre"])
     table = helpers.read_output(str(out))
     rows = {d: i for i, d in enumerate(table.column("doc_id").to_pylist())}
     assert len(rows) == len(docs)
@@ -92,7 +92,7 @@ def test_carry_on_an_unmasked_model_pads_to_whole_windows_as_trained(carry_unmas
     model, tok, docs, model_path, tok_path, corpus = carry_unmasked_case
     out = tmp_path / "emb"
     helpers.run_job(["--input", corpus, "--model", model_path, "--tokenizer", tok_path, "--output", out,
-                     "--mode", mode, "--long_docs", "carry", "--maxlen", WINDOW])
+                     "--mode", mode, "--long_docs", "carry", "--maxlen", WINDOW, "--padding", "pre"])
     table = helpers.read_output(str(out))
     got = dict(zip(table.column("doc_id").to_pylist(), table.column(table.column_names[-1]).to_pylist()))
     for (doc_id, _), ids in zip(docs, tok.texts_to_sequences([t for _, t in docs])):
@@ -107,7 +107,7 @@ def test_carry_on_an_unmasked_model_pads_to_whole_windows_as_trained(carry_unmas
 def test_truncate_stays_the_default_and_reads_one_window(carry_case, tmp_path):
     model, tok, docs, model_path, tok_path, corpus = carry_case
     helpers.run_job(["--input", corpus, "--model", model_path, "--tokenizer", tok_path, "--output", tmp_path / "t",
-                     "--maxlen", WINDOW])
+                     "--maxlen", WINDOW, "--padding", "pre", "--truncating", "pre"])
     table = helpers.read_output(str(tmp_path / "t"))
     assert "windows" not in table.column_names
     assert max(table.column("num_tokens").to_pylist()) == WINDOW
@@ -163,7 +163,7 @@ def _run_one_hot(tmp, model, tok, docs, mode, layer, *extra):
     corpus = helpers.write_jsonl(tmp / "c.jsonl", docs)
     out = tmp / f"emb-{mode}-{layer}"
     helpers.run_job(["--input", corpus, "--model", model_path, "--tokenizer", tmp / "t.json", "--output", out,
-                     "--mode", mode, "--layer", layer, *extra])
+                     "--mode", mode, "--layer", layer, "--truncating", "pre", *(extra or ("--padding", "pre"))])
     return helpers.read_output(str(out))
 
 

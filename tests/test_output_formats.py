@@ -106,9 +106,10 @@ def test_sequence_vectors_read_as_nested_arrays_in_duckdb_and_polars(small_job, 
 def test_progress_logs_documents_and_rate(caplog):
     import logging
 
+    from transforms.read import InputBytes
     from transforms.write import Progress
 
-    progress = Progress(every_s=0.0)
+    progress = Progress(every_s=0.0, input_bytes=InputBytes())  # input sizes unknown
     with caplog.at_level(logging.INFO, logger="beam_pipeline.progress"):
         for _ in range(512):
             progress.tick()

@@ -223,7 +223,7 @@ def test_lambda_model_runs_when_explicitly_allowed(small_job, tmp_path, lambda_m
     texts = [GOOD, "the crew"]
     corpus = helpers.write_text(tmp_path / "c.txt", texts)
     helpers.run_job(["--input", corpus, "--model", path, "--tokenizer", small_job.tokenizer,
-                     "--output", tmp_path / "o", "--unsafe_deserialization"])
+                     "--output", tmp_path / "o", "--unsafe_deserialization", "--padding", "pre", "--truncating", "pre"])
     table = helpers.read_output(str(tmp_path / "o"))
     from beam_pipeline.keras_tokenizer import KerasTokenizer, pad_sequences
 

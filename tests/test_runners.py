@@ -101,7 +101,7 @@ def test_overwrite_with_another_model_of_same_size_replaces_every_shard(small_jo
     os.makedirs(os.path.dirname(other), exist_ok=True)
     model.save(other)
     reference_out = tmp_path / "reference"
-    args = ["--compression", "none", "--num_shards", "1"]
+    args = ["--compression", "none", "--num_shards", "1", "--padding", "pre", "--truncating", "pre"]
     helpers.run_job(["--input", corpus[0], "--model", other, "--tokenizer", small_job.tokenizer,
                      "--output", reference_out, *args])
     out = tmp_path / "emb"

@@ -1,6 +1,7 @@
 """Read: files -> ``(doc_id, text)``, every unreadable record dead-lettered.
 
-Formats, by file extension (``.gz`` / ``.bz2`` compressed files are decompressed by Beam):
+Formats, by file extension (``.gz`` / ``.bz2`` compressed files are decompressed by Beam); a
+leading UTF-8 byte-order mark is dropped in every text format:
 
 - ``.jsonl`` / ``.json``: one JSON object per line with ``id_field`` and ``text_field``; blank lines
   are not records.
@@ -19,9 +20,10 @@ Each file also reports how many records it held (tag ``counts``), for the run's 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import posixpath
+import re
+import uuid
 from collections.abc import Iterator
 
 import apache_beam as beam
@@ -34,9 +36,37 @@ COUNTS = "counts"
 STAGE = "read"
 
 
+class InputBytes:
+    """This process's share of the input read so far, for the progress log: file sizes are known
+    up front (``--input`` is matched on the launcher); an uncompressed JSONL or text file counts as
+    it is read, any other file once it has been read."""
+
+    def __init__(self):
+        self.run = ""
+        self.total = 0
+        self.read = 0
+
+    def start(self, run: str, total: int) -> None:
+        """Called by every reader of run ``run``: the first one of a new run starts counting afresh."""
+        if run != self.run:
+            self.run, self.total, self.read = run, total, 0
+
+    def add(self, size: int) -> None:
+        self.read += size
+
+    def share(self) -> float | None:
+        """Fraction of the input's bytes read by this process; None when sizes are unknown."""
+        return min(self.read / self.total, 1.0) if self.total else None
+
+
+INPUT_BYTES = InputBytes()
+COMPRESSED = (".gz", ".bz2", ".deflate", ".zst")
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
+
+
 def file_format(path: str) -> str:
     name = path.lower()
-    for compressed in (".gz", ".bz2", ".deflate", ".zst"):
+    for compressed in COMPRESSED:
         if name.endswith(compressed):
             name = name[: -len(compressed)]
     if name.endswith((".jsonl", ".json", ".ndjson")):
@@ -48,10 +78,20 @@ def file_format(path: str) -> str:
     return "text"
 
 
-def _lines(f) -> Iterator[bytes]:
-    """Lines split on b"\\n" only (a text's own U+2028 or \\r stay inside its document)."""
-    tail = b""
+BOM = b"\xef\xbb\xbf"
+
+
+def _lines(f, counted: list[int] | None = None) -> Iterator[bytes]:
+    """Lines split on b"\\n" only (a text's own U+2028 or \\r stay inside its document); a leading
+    UTF-8 byte-order mark (as Windows editors write) is not part of the first line. ``counted``: a
+    one-item list that gets the bytes read added, as they are read."""
+    tail = f.read(len(BOM))
+    if tail == BOM:
+        tail = b""
     for chunk in iter(lambda: f.read(1 << 20), b""):
+        if counted is not None:  # bytes of an uncompressed file: its progress as it is read
+            counted[0] += len(chunk)
+            INPUT_BYTES.add(len(chunk))
         parts = (tail + chunk).split(b"\n")
         tail = parts.pop()
         yield from parts
@@ -71,18 +111,26 @@ def _is_utf8(text: str) -> bool:
 class ReadRecords(beam.DoFn):
     """One file path in; ``(doc_id, text)`` main outputs, dead letters, and the file's record count."""
 
-    def __init__(self, id_field: str, text_field: str):
+    def __init__(self, id_field: str, text_field: str, total_bytes: int = 0):
         self.id_field = id_field
         self.text_field = text_field
+        self.total_bytes = total_bytes
+        self.run = uuid.uuid4().hex  # one per pipeline built: this run's progress counts
 
-    def process(self, path: str):
+    def setup(self):
+        INPUT_BYTES.start(self.run, self.total_bytes)
+
+    def process(self, element: str | tuple[str, int | None]):
+        path, size = element if isinstance(element, tuple) else (element, None)
         fmt = file_format(path)
         count = 0
+        self._counted = None if path.lower().endswith(COMPRESSED) else [0]  # compressed: counted once read
         with FileSystems.open(path) as f:
             records = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}.get(fmt, self._text)(path, f)
             for out in records:
                 count += 1
                 yield out
+        INPUT_BYTES.add(max((size or 0) - (self._counted[0] if self._counted else 0), 0))
         Metrics.counter(NAMESPACE, "docs_read").inc(count)
         yield beam.pvalue.TaggedOutput(COUNTS, count)
 
@@ -103,7 +151,7 @@ class ReadRecords(beam.DoFn):
 
     def _text(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)
-        for number, raw in enumerate(_lines(f), start=1):
+        for number, raw in enumerate(_lines(f, self._counted), start=1):
             doc_id = f"{name}:{number}"
             if raw.endswith(b"\r"):
                 raw = raw[:-1]
@@ -116,7 +164,7 @@ class ReadRecords(beam.DoFn):
 
     def _jsonl(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)
-        for number, raw in enumerate(_lines(f), start=1):
+        for number, raw in enumerate(_lines(f, self._counted), start=1):
             if not raw.strip():
                 continue
             try:
@@ -134,7 +182,11 @@ class ReadRecords(beam.DoFn):
 
     def _csv(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)
-        text = io.TextIOWrapper(f, encoding="utf-8", errors="surrogateescape", newline="")
+        # Lines as _lines gives them (BOM dropped, compressed files too), "\n" put back so that a
+        # quoted field may span lines, and split after a lone "\r" as a file opened with newline=""
+        # (what the csv module expects) would be.
+        text = (part for line in _lines(f, self._counted)
+                for part in _LONE_CR.split(line.decode("utf-8", "surrogateescape") + "\n"))
         reader = csv.DictReader(text)
         if reader.fieldnames is None:
             return
@@ -160,20 +212,23 @@ class ReadRecords(beam.DoFn):
 
 
 class ReadCorpus(beam.PTransform):
-    """``paths`` -> PCollections ``docs`` ``(doc_id, text)``, ``errors`` (dead letters), ``counts``."""
+    """``paths`` -> PCollections ``docs`` ``(doc_id, text)``, ``errors`` (dead letters), ``counts``.
+    ``sizes``: bytes per file where known, for the share of the input read that progress lines show."""
 
-    def __init__(self, paths: list[str], id_field: str, text_field: str):
+    def __init__(self, paths: list[str], id_field: str, text_field: str, sizes: dict[str, int] | None = None):
         super().__init__()
         self.paths = paths
         self.id_field = id_field
         self.text_field = text_field
+        self.sizes = sizes or {}
 
     def expand(self, pbegin):
+        total = sum(self.sizes.values()) if all(p in self.sizes for p in self.paths) else 0
         return (
             pbegin
-            | "InputFiles" >> beam.Create(self.paths)
+            | "InputFiles" >> beam.Create([(p, self.sizes.get(p)) for p in self.paths])
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRecords" >> beam.ParDo(ReadRecords(self.id_field, self.text_field)).with_outputs(
+            | "ReadRecords" >> beam.ParDo(ReadRecords(self.id_field, self.text_field, total)).with_outputs(
                 "errors", COUNTS, main="docs"
             )
         )

@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import re
 import time
+import uuid
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.io import iobase, parquetio, textio
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import AsIter, AsSingleton
 
 from transforms.errors import NAMESPACE
+from transforms.read import INPUT_BYTES, InputBytes
 
 LOG = logging.getLogger("beam_pipeline.progress")
 
@@ -53,13 +59,22 @@ def _fixed_size(values: np.ndarray, field_type: pa.DataType) -> pa.Array:
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 
 
-class ReplaceExistingFiles:
-    """Mixin for Beam file sinks: this run's shard always replaces a final file of the same name.
+def final_files(prefix: str, suffix: str) -> list[str]:
+    """The shards ``PREFIX-SSSSS-of-NNNNN{suffix}`` now at ``prefix`` (nothing else sharing the prefix)."""
+    found = FileSystems.match([f"{prefix}-*-of-*{suffix}"])[0].metadata_list
+    shard = re.compile(re.escape(prefix) + r"-\d{5}-of-\d{5}" + re.escape(suffix))
+    return sorted(m.path for m in found if shard.fullmatch(m.path))
 
-    Beam's ``FileBasedSink`` deletes a temp shard instead of renaming it when the final file
-    already exists with the same checksum, and for local files the checksum is the file size: a
-    rerun (even with ``--overwrite`` and another model of the same dims) could keep the previous
-    run's shard. Here every temp shard of this run is renamed over its final name.
+
+class ReplaceExistingFiles:
+    """Mixin for Beam file sinks: a run's shards replace the previous run's, never sit beside them.
+
+    Before the first rename, every shard of this kind already at the prefix is deleted (a rerun
+    with another shard count would otherwise leave ``-of-00002`` and ``-of-00005`` shards side by
+    side, if only until the end of the run), except those this same finalize already renamed into
+    place on an earlier attempt. And Beam's ``FileBasedSink`` deletes a temp shard instead of renaming
+    it when the final file exists with the same checksum (for local files: the size), which could
+    keep the previous run's shard: here every temp shard of this run is renamed.
     """
 
     def _check_state_for_finalize_write(self, writer_results, num_shards, window=None):
@@ -70,6 +85,10 @@ class ReplaceExistingFiles:
             if src in duplicates:
                 src_files.append(src)
                 dst_files.append(self._get_final_name(shard_num, num_shards, window))
+        ours = {self._get_final_name(i, num_shards, window) for i in range(num_shards)} - set(dst_files)
+        previous = [p for p in final_files(self.file_path_prefix.get(), self.file_name_suffix.get()) if p not in ours]
+        if previous:
+            FileSystems.delete(previous)
         return src_files, dst_files, [], skipped
 
 
@@ -88,11 +107,21 @@ class JsonLinesShards(ReplaceExistingFiles, textio._TextSink):
         super().__init__(prefix, file_name_suffix=".jsonl", shard_name_template=SHARD_TEMPLATE)
 
 
-class Progress:
-    """Logs documents embedded so far and the rate, at most every ``every_s`` seconds, per worker."""
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
-    def __init__(self, every_s: float = 10.0):
+
+class Progress:
+    """Logs documents embedded so far and the rate, at most every ``every_s`` seconds, per worker;
+    where the input's sizes are known, also the share of its bytes read and the time left at the
+    rate so far."""
+
+    def __init__(self, every_s: float = 10.0, input_bytes: InputBytes = INPUT_BYTES):
         self.every_s = every_s
+        self.input_bytes = input_bytes
         self.count = 0
         self.start = self.last = time.monotonic()
 
@@ -103,7 +132,39 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= self.every_s:
             self.last = now
-            LOG.info("progress: %d documents embedded, %.0f docs/s", self.count, self.count / (now - self.start))
+            elapsed = max(now - self.start, 1e-9)
+            line = f"progress: {self.count} documents embedded, {self.count / elapsed:.0f} docs/s"
+            share = self.input_bytes.share()
+            if share:
+                line += f", {share:.0%} of the input read, about {_duration(elapsed * (1 - share) / share)} left"
+            LOG.info(line)
+
+
+def rows_to_table(rows: list, arrow_schema: pa.Schema, mode: str) -> pa.Table:
+    """``[(doc_id, (num_tokens, arrays[, windows]))]`` -> one ``pa.Table`` of ``arrow_schema``."""
+    Metrics.counter(NAMESPACE, "embedded").inc(len(rows))
+    ids = pa.array([doc_id for doc_id, _ in rows], type=pa.string())
+    num_tokens = pa.array(np.fromiter((r[1][0] for r in rows), dtype=np.int32, count=len(rows)))
+    arrays = [ids, num_tokens]
+    first = 2
+    if arrow_schema.names[2] == "windows":
+        arrays.append(pa.array(np.fromiter((r[1][2] for r in rows), dtype=np.int32, count=len(rows))))
+        first = 3
+    for index, field in enumerate(list(arrow_schema)[first:]):
+        parts = [r[1][1][index] for r in rows]
+        if mode == "sequence":
+            lengths = np.fromiter((len(p) for p in parts), dtype=np.int32, count=len(parts))
+            offsets = np.zeros(len(parts) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+            inner = _fixed_size(np.concatenate(parts), field.type.value_type)
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), inner, type=field.type))
+        else:
+            arrays.append(_fixed_size(np.stack(parts), field.type))
+    return pa.Table.from_arrays(arrays, schema=arrow_schema)
+
+
+def _row_bytes(row) -> int:
+    return sum(a.nbytes for a in row[1][1])
 
 
 class ToArrowTables(beam.DoFn):
@@ -124,7 +185,7 @@ class ToArrowTables(beam.DoFn):
 
     def process(self, element):
         self._rows.append(element)
-        self._bytes += sum(a.nbytes for a in element[1][1])
+        self._bytes += _row_bytes(element)
         self._progress.tick()
         if self._bytes >= self.target_bytes:
             yield self._table()
@@ -138,29 +199,65 @@ class ToArrowTables(beam.DoFn):
 
     def _table(self) -> pa.Table:
         rows, self._rows, self._bytes = self._rows, [], 0
-        Metrics.counter(NAMESPACE, "embedded").inc(len(rows))
-        ids = pa.array([doc_id for doc_id, _ in rows], type=pa.string())
-        num_tokens = pa.array(np.fromiter((r[1][0] for r in rows), dtype=np.int32, count=len(rows)))
-        arrays = [ids, num_tokens]
-        first = 2
-        if self.schema.names[2] == "windows":
-            arrays.append(pa.array(np.fromiter((r[1][2] for r in rows), dtype=np.int32, count=len(rows))))
-            first = 3
-        for index, field in enumerate(list(self.schema)[first:]):
-            parts = [r[1][1][index] for r in rows]
-            if self.mode == "sequence":
-                lengths = np.fromiter((len(p) for p in parts), dtype=np.int32, count=len(parts))
-                offsets = np.zeros(len(parts) + 1, dtype=np.int32)
-                np.cumsum(lengths, out=offsets[1:])
-                inner = _fixed_size(np.concatenate(parts), field.type.value_type)
-                arrays.append(pa.ListArray.from_arrays(pa.array(offsets), inner, type=field.type))
-            else:
-                arrays.append(_fixed_size(np.stack(parts), field.type))
-        return pa.Table.from_arrays(arrays, schema=self.schema)
+        return rows_to_table(rows, self.schema, self.mode)
+
+
+class _RoundRobin(beam.DoFn):
+    """Keys each row with a shard number, in turn from a random start: shards differ by at most
+    one row per worker, whatever the bundles."""
+
+    def __init__(self, num_shards: int):
+        self.num_shards = num_shards
+
+    def setup(self):
+        self._next = random.randrange(self.num_shards)
+
+    def process(self, row):
+        shard, self._next = self._next, (self._next + 1) % self.num_shards
+        yield shard, row
+
+
+class _WriteShard(beam.DoFn):
+    """One shard's rows -> Arrow tables of ~``target_bytes`` -> one temp file of ``sink``; also
+    outputs the row count (tag ``rows``)."""
+
+    def __init__(self, sink, arrow_schema: pa.Schema, mode: str, target_bytes: int):
+        self.sink = sink
+        self.schema = arrow_schema
+        self.mode = mode
+        self.target_bytes = target_bytes
+
+    def setup(self):
+        self._progress = Progress()
+
+    def process(self, element, init_result):
+        from apache_beam.transforms.window import TimestampedValue
+        from apache_beam.utils.timestamp import MAX_TIMESTAMP
+
+        writer = self.sink.open_writer(init_result, str(uuid.uuid4()))
+        rows, size, count = [], 0, 0
+        for row in element[1]:
+            rows.append(row)
+            size += _row_bytes(row)
+            self._progress.tick()
+            if size >= self.target_bytes:
+                writer.write(rows_to_table(rows, self.schema, self.mode))
+                count, rows, size = count + len(rows), [], 0
+        if rows:
+            writer.write(rows_to_table(rows, self.schema, self.mode))
+            count += len(rows)
+        yield TimestampedValue(writer.close(), MAX_TIMESTAMP)
+        yield beam.pvalue.TaggedOutput("rows", count)
 
 
 class WriteEmbeddings(beam.PTransform):
-    """Writes the embedded documents; returns the PCollection of shard file names and row counts."""
+    """Writes the embedded documents; returns the PCollection of shard file names and row counts.
+
+    With ``num_shards`` 0 the runner decides: each bundle's tables go to their own files. With
+    ``num_shards`` N, rows (not tables of up to a row group) are dealt to the N shards in turn,
+    so every shard gets its share however few row groups the output holds; Beam's own
+    initialize / pre-finalize / finalize steps of the sink commit them.
+    """
 
     def __init__(self, prefix: str, arrow_schema: pa.Schema, mode: str, num_shards: int, compression: str,
                  row_group_bytes: int):
@@ -173,8 +270,23 @@ class WriteEmbeddings(beam.PTransform):
         self.row_group_bytes = row_group_bytes
 
     def expand(self, embedded):
-        tables = embedded | "ToArrow" >> beam.ParDo(ToArrowTables(self.schema, self.mode, self.row_group_bytes))
-        shards = tables | "WriteParquet" >> iobase.Write(
-            ParquetShards(self.prefix, self.schema, self.compression, self.num_shards))
-        rows = tables | "CountRows" >> beam.Map(lambda t: t.num_rows) | "SumRows" >> beam.CombineGlobally(sum)
+        sink = ParquetShards(self.prefix, self.schema, self.compression, self.num_shards)
+        if not self.num_shards:
+            tables = embedded | "ToArrow" >> beam.ParDo(ToArrowTables(self.schema, self.mode, self.row_group_bytes))
+            shards = tables | "WriteParquet" >> iobase.Write(sink)
+            rows = tables | "CountRows" >> beam.Map(lambda t: t.num_rows) | "SumRows" >> beam.CombineGlobally(sum)
+            return shards, rows
+        once = embedded.pipeline | "DoOnce" >> beam.Create([None])
+        init = once | "InitializeWrite" >> beam.Map(lambda _, s: s.initialize_write(), sink)
+        written = (
+            embedded
+            | "DealToShards" >> beam.ParDo(_RoundRobin(self.num_shards))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShards" >> beam.ParDo(_WriteShard(sink, self.schema, self.mode, self.row_group_bytes),
+                                          AsSingleton(init)).with_outputs("rows", main="files")
+        )
+        pre = once | "PreFinalize" >> beam.FlatMap(iobase._pre_finalize, sink, AsSingleton(init), AsIter(written.files))
+        shards = once | "FinalizeWrite" >> beam.FlatMap(
+            iobase._finalize_write, sink, AsSingleton(init), AsIter(written.files), self.num_shards, AsSingleton(pre))
+        rows = written.rows | "SumRows" >> beam.CombineGlobally(sum)
         return shards, rows

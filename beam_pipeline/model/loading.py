@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from beam_pipeline import files
+from beam_pipeline.model.checks import UnreadableModel, check_model_file
 from beam_pipeline.recurrent import ModelError
 
 FORMATS = ("keras", "h5", "savedmodel")
@@ -67,7 +68,11 @@ def load_model(path: str, unsafe_deserialization: bool = False) -> LoadedModel:
         raise ModelError(f"model file not found: {path}")
     with files.local_file_or_folder(path) as local:
         try:
+            if not os.path.isdir(local):
+                check_model_file(local)
             return _load_local(local, unsafe_deserialization)
+        except UnreadableModel:
+            raise
         except ModelError as e:
             raise ModelError(str(e).replace(local, path)) from e
 
