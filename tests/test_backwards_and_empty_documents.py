@@ -50,12 +50,15 @@ def _model(layer, masked: bool, seed: int, maxlen: int | None = MAXLEN, vocab: i
     return keras.Model(inp, keras.layers.Dense(1)(x))
 
 
-def _run(tmp_path, model, tok, docs, mode: str, padding: str, *extra) -> tuple[dict, dict, object]:
-    """Runs the job; returns (summary, {doc_id: row}, table)."""
+def _run(tmp_path, model, tok, docs, mode: str, padding: str | None, *extra) -> tuple[dict, dict, object]:
+    """Runs the job; returns (summary, {doc_id: row}, table). ``padding=None``: no side flags (a
+    raw-text model pads and truncates itself)."""
     model_path = tmp_path / "model.keras"
     model.save(model_path)
     argv = ["--input", helpers.write_jsonl(tmp_path / "corpus.jsonl", docs), "--model", model_path,
-            "--output", tmp_path / "out", "--mode", mode, "--padding", padding, "--truncating", padding, *extra]
+            "--output", tmp_path / "out", "--mode", mode, *extra]
+    if padding is not None:
+        argv += ["--padding", padding, "--truncating", padding]
     if tok is not None:
         (tmp_path / "tok.json").write_text(tok.to_json(), encoding="utf-8")
         argv += ["--tokenizer", tmp_path / "tok.json"]
@@ -159,7 +162,7 @@ def test_go_backwards_raw_text_model_sequence_in_document_order(tmp_path):
     x = keras.layers.Embedding(30, 5, mask_zero=True)(vectorizer(inp))
     x = keras.layers.LSTM(4, go_backwards=True, name="back")(x)
     model = keras.Model(inp, keras.layers.Dense(1)(x))
-    _, rows, table = _run(tmp_path, model, None, docs, "sequence", "pre")
+    _, rows, table = _run(tmp_path, model, None, docs, "sequence", None)
     texts = np.asarray([[t] for _, t in docs])
     ids = np.asarray(vectorizer(texts[:, 0]))
     want_all = keras_backward_half(model, "back", tf.constant(texts))
@@ -252,7 +255,7 @@ def test_empty_document_raw_text_model_gets_keras_value(mode, tmp_path):
     inp = keras.Input((1,), dtype="string")
     x = keras.layers.Embedding(30, 5, mask_zero=True)(vectorizer(inp))
     model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.LSTM(4, name="lstm")(x)))
-    summary, rows, table = _run(tmp_path, model, None, docs, mode, "pre")
+    summary, rows, table = _run(tmp_path, model, None, docs, mode, None)
     assert summary["accounted"] and summary["errors_by_reason"] == {}
     texts = np.asarray([[t] for _, t in docs])
     ids = np.asarray(vectorizer(texts[:, 0]))
