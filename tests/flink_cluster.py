@@ -1,7 +1,13 @@
-"""A real Flink 1.19 standalone cluster on loopback for the Flink tests: one JobManager, two
-TaskManager processes with 4 slots each, and Beam's Python worker pool beside them (the SDK harness
-of the EXTERNAL environment). Each is a process of its own, started in the foreground so the tests
-own their pids; ``.ci/flink.sh`` provides the Flink distribution and Beam's Flink job server jar."""
+"""A real Flink 1.19 standalone cluster on loopback for the Flink tests: one JobManager and two
+TaskManager processes with 4 slots each, each a process of its own started in the foreground so the
+tests own their pids. ``.ci/flink.sh`` provides the Flink distribution and Beam's Flink job server jar.
+
+The SDK harness is LOOPBACK: the TaskManagers reach the Python SDK workers in the launching process
+over loopback. EXTERNAL with one Beam worker pool (``worker_pool_main``) shared by both TaskManagers
+does not work on one host: each TaskManager numbers its SDK workers from "1-1", the pool keys workers
+by that id, and a TaskManager's StopWorker for "1-1" kills the other TaskManager's worker (seen here:
+the job fails with "CANCELLED: client cancelled"). On a real cluster each TaskManager has its own pool
+beside it (docs/running.md), which loopback cannot give both TaskManagers under one address."""
 
 from __future__ import annotations
 
@@ -39,7 +45,6 @@ class FlinkCluster:
     job_server_jar: str
     folder: str
     rest_port: int = field(default_factory=free_port)
-    worker_pool_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -74,6 +79,11 @@ class FlinkCluster:
             # spread the job's subtasks over both TaskManagers, so that either one's death hits the job
             "cluster.evenly-spread-out-slots": "true",
             "io.tmp.dirs": os.path.join(self.folder, "tmp"),
+            # what a failed task (a TaskManager killed) makes Flink do: restart the job's failed
+            # region up to 3 times, 2 s apart; Flink's own default without checkpointing is no restart
+            "restart-strategy.type": "fixed-delay",
+            "restart-strategy.fixed-delay.attempts": 3,
+            "restart-strategy.fixed-delay.delay": "2 s",
         }
         os.makedirs(settings["io.tmp.dirs"], exist_ok=True)
         with open(os.path.join(conf, "config.yaml"), "w") as f:
@@ -93,11 +103,6 @@ class FlinkCluster:
         self._env = env
         self.start_taskmanager()
         self.start_taskmanager()
-        # The SDK harness: Beam's worker pool starts one Python SDK worker process per environment a
-        # TaskManager asks for (--environment_type=EXTERNAL --environment_config=localhost:PORT).
-        pool_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
-        self._start("worker_pool", [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                                    f"--service_port={self.worker_pool_port}"], pool_env)
         self.wait_for_taskmanagers(2)
         return self
 
@@ -132,7 +137,7 @@ class FlinkCluster:
         proc.wait()
 
     def stop(self) -> None:
-        for name, proc in self.processes.items():
+        for proc in self.processes.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.processes.values():
@@ -145,4 +150,18 @@ class FlinkCluster:
     def runner_args(self, parallelism: int = 4) -> list[str]:
         return ["--runner=FlinkRunner", f"--flink_master={self.master}", "--flink_version=1.19",
                 f"--flink_job_server_jar={self.job_server_jar}", f"--parallelism={parallelism}",
-                "--environment_type=EXTERNAL", f"--environment_config=localhost:{self.worker_pool_port}"]
+                "--environment_type=LOOPBACK"]
+
+    def jobs(self) -> list[dict]:
+        return self.rest("/jobs/overview")["jobs"]
+
+    def subtasks(self, job_id: str) -> list[dict]:
+        """Every subtask of every vertex of the job: vertex name, subtask index, TaskManager, records in."""
+        out = []
+        for vertex in self.rest(f"/jobs/{job_id}")["vertices"]:
+            detail = self.rest(f"/jobs/{job_id}/vertices/{vertex['id']}")
+            for sub in detail["subtasks"]:
+                out.append({"vertex": vertex["name"], "subtask": sub["subtask"], "status": sub["status"],
+                            "taskmanager": sub.get("taskmanager-id"),
+                            "records_in": sub["metrics"]["read-records"]})
+        return out

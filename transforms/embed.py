@@ -46,6 +46,8 @@ class RecurrentModelHandler(ModelHandler):
         finally:
             if is_temp:
                 os.unlink(local)
+        # One line per load: the Flink test counts them per SDK worker process (pid).
+        LOG.info("model loaded in process %d: %s", os.getpid(), self.config.model)
         return inference.Embedder(
             model,
             self.config.layer,

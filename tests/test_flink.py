@@ -1,0 +1,199 @@
+"""The job on a real Flink 1.19 cluster on loopback (one JobManager, two TaskManager processes with
+4 slots each; tests/flink_cluster.py), submitted through Beam's Flink job server with
+``--runner=FlinkRunner --parallelism=4 --environment_type=LOOPBACK``: the same rows and dead letters as
+the DirectRunner, a TaskManager killed mid-job, and the model loaded once per SDK worker process."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+JOB_FLAGS = ["--padding", "post", "--truncating", "post", "--batch_size", "32"]
+BAD_LINES = ['{"id": "broken", "text": ', '{"text": "no id here"}', '{"id": "blank", "text": "   "}',
+             '{"id": "punct", "text": "!!! ... ???"}']
+EXPECTED_DEAD = {"invalid_json", "missing_id", "empty_document", "no_tokens"}
+
+
+def _rows(prefix: str) -> dict:
+    table = helpers.read_output(prefix)
+    ids = table.column("doc_id").to_pylist()
+    assert len(ids) == len(set(ids)), "a document written twice"
+    columns = [c for c in table.column_names if c not in ("doc_id", "num_tokens")]
+    return {i: [table.column(c)[k].as_py() for c in columns] + [table.column("num_tokens")[k].as_py()]
+            for k, i in enumerate(ids)}
+
+
+def _dead_letters(prefix: str) -> list[tuple]:
+    out = []
+    for path in glob.glob(f"{prefix}-errors-*.jsonl"):
+        with open(path, encoding="utf-8") as f:
+            out += [(r["doc_id"], r["stage"], r["reason"]) for r in map(json.loads, f) if r]
+    return sorted(out, key=repr)
+
+
+def _assert_same_rows(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for doc_id, values in want.items():
+        for g, w in zip(got[doc_id], values, strict=True):
+            if isinstance(w, list):
+                np.testing.assert_allclose(np.asarray(g, dtype=np.float64), np.asarray(w, dtype=np.float64),
+                                           atol=1e-6, err_msg=doc_id)
+            else:
+                assert g == w, doc_id
+
+
+@pytest.fixture(scope="module")
+def flink_corpus(tmp_path_factory):
+    """The demo corpus in 4 files (so the read splits over several subtasks) plus lines the job must
+    dead-letter: broken JSON, a record without id, a blank text, a text with no token."""
+    from beam_pipeline.demo import sample_corpus
+
+    folder = tmp_path_factory.mktemp("flink_corpus")
+    docs = [(d["id"], d["text"]) for d in sample_corpus(400, seed=12)]
+    paths = [helpers.write_jsonl(folder / f"part{k}.jsonl", docs[k::4]) for k in range(4)]
+    with open(paths[0], "a", encoding="utf-8") as f:
+        f.write("\n".join(BAD_LINES) + "\n")
+    return paths, docs
+
+
+@pytest.fixture(scope="module")
+def unmasked_model(small_job, tmp_path_factory):
+    """Embedding (no mask) -> GRU -> Dense, untrained, with the small job's tokenizer."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((32,), dtype="int32")
+    x = keras.layers.Embedding(small_job.vocab, 8)(inp)
+    x = keras.layers.GRU(5, name="gru")(x)
+    model = keras.Model(inp, keras.layers.Dense(1)(x))
+    path = tmp_path_factory.mktemp("unmasked") / "model.keras"
+    model.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", ["final", "sequence", "states"])
+@pytest.mark.parametrize("masked", [True, False], ids=["masked", "unmasked"])
+def test_flink_cluster_writes_the_direct_runners_rows_and_dead_letters(
+        flink_cluster, small_job, unmasked_model, flink_corpus, tmp_path, mode, masked):
+    paths, docs = flink_corpus
+    model = small_job.model if masked else unmasked_model
+    base = ["--input", *paths, "--model", model, "--tokenizer", small_job.tokenizer, "--mode", mode, *JOB_FLAGS]
+    direct = helpers.run_job([*base, "--output", tmp_path / "direct" / "emb"])
+    flink = helpers.run_job([*base, "--output", tmp_path / "flink" / "emb", *flink_cluster.runner_args()])
+
+    _assert_same_rows(_rows(str(tmp_path / "flink" / "emb")), _rows(str(tmp_path / "direct" / "emb")))
+    assert _dead_letters(str(tmp_path / "flink" / "emb")) == _dead_letters(str(tmp_path / "direct" / "emb"))
+    assert {r for _, _, r in _dead_letters(str(tmp_path / "flink" / "emb"))} == EXPECTED_DEAD
+    for key in ("read", "embedded", "dead_lettered", "errors_by_reason", "accounted"):
+        assert flink[key] == direct[key], key
+    assert flink["accounted"] and flink["read"] == flink["embedded"] + flink["dead_lettered"]
+    assert flink["embedded"] == len(docs)  # the bad lines are all dead letters
+    # it ran on the cluster: the latest finished job there read the corpus in parallel subtasks
+    job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
+    assert job["state"] == "FINISHED"
+    embed = [s for s in flink_cluster.subtasks(job["jid"]) if "Embed" in s["vertex"]]
+    assert len(embed) == 4 and len({s["taskmanager"] for s in embed}) == 2
+
+
+class _Loads(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.pids: list[int] = []
+
+    def emit(self, record):
+        if record.getMessage().startswith("model loaded in process"):
+            self.pids.append(record.process)
+
+
+def test_flink_model_loaded_once_per_sdk_worker_process(flink_cluster, small_job, flink_corpus, tmp_path):
+    """LOOPBACK: every SDK harness the TaskManagers start lives in this (the launching) process; the
+    embed stage runs as 4 subtasks on both TaskManagers, each its own bundle, yet the model is loaded
+    once, by this process (RunInference shares it across the harnesses' threads)."""
+    handler = _Loads()
+    logger = logging.getLogger("transforms.embed")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        paths, _ = flink_corpus
+        summary = helpers.run_job(["--input", *paths, "--model", small_job.model, "--tokenizer", small_job.tokenizer,
+                                   "--output", tmp_path / "emb", *JOB_FLAGS, *flink_cluster.runner_args()])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
+    embed = [s for s in flink_cluster.subtasks(job["jid"]) if "Embed" in s["vertex"]]
+    busy = [s for s in embed if s["records_in"] > 0]
+    assert len(busy) >= 2 and len({s["taskmanager"] for s in busy}) == 2, embed
+    assert summary["metrics"]["batches"] > len(busy)
+    assert handler.pids == [os.getpid()]
+
+
+def test_flink_taskmanager_killed_mid_job_is_restarted_and_every_document_written_once(
+        flink_cluster, small_job, tmp_path):
+    """The cluster's restart strategy is fixed-delay (3 attempts, 2 s): a TaskManager killed while the
+    job runs fails its tasks, Flink restarts them on the surviving TaskManager's slots, and the job
+    completes with every document exactly once (Beam's file sinks finalize only the successful
+    attempt's files). The killed TaskManager is replaced afterwards, for the tests that follow."""
+    from beam_pipeline.demo import sample_corpus
+
+    docs = [(f"k{i}", d["text"]) for i, d in enumerate(sample_corpus(6000, seed=8))]
+    paths = [helpers.write_jsonl(tmp_path / f"big{k}.jsonl", docs[k::4]) for k in range(4)]
+    out = tmp_path / "out" / "emb"
+    before = {j["jid"] for j in flink_cluster.jobs()}
+    result: dict = {}
+
+    def launch():
+        try:
+            result["summary"] = helpers.run_job(
+                ["--input", *paths, "--model", small_job.model, "--tokenizer", small_job.tokenizer, "--output", out,
+                 "--mode", "sequence", *JOB_FLAGS, *flink_cluster.runner_args()])
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            result["error"] = e
+
+    thread = threading.Thread(target=launch)
+    thread.start()
+    killed = None
+    try:
+        deadline = time.time() + 300
+        while killed is None and time.time() < deadline and thread.is_alive():
+            jobs = [j for j in flink_cluster.jobs() if j["jid"] not in before and j["state"] == "RUNNING"]
+            if jobs:
+                embed = [s for s in flink_cluster.subtasks(jobs[0]["jid"])
+                         if "Embed" in s["vertex"] and s["status"] == "RUNNING" and s["records_in"] > 0]
+                if embed:  # documents are flowing into the embed stage on this TaskManager: kill it
+                    tm = embed[0]["taskmanager"]
+                    name = next(n for n, p in flink_cluster.processes.items()
+                                if n.startswith("taskmanager") and p.poll() is None
+                                and tm in open(os.path.join(flink_cluster.folder, f"{n}.log")).read())
+                    flink_cluster.kill(name)
+                    killed = name
+            time.sleep(0.2)
+        thread.join(600)
+        assert killed, "the job ended before a TaskManager could be killed"
+        assert "error" not in result, result.get("error")
+        job = next(j for j in flink_cluster.jobs() if j["jid"] not in before)
+        failures = flink_cluster.rest(f"/jobs/{job['jid']}/exceptions")["exceptionHistory"]["entries"]
+        assert failures, "the kill did not hit the job"
+        assert job["state"] == "FINISHED"
+        summary = result["summary"]
+        ids = helpers.read_output(str(out)).column("doc_id").to_pylist()
+        assert len(ids) == len(set(ids)) == summary["embedded"] == len(docs)
+        assert set(ids) == {d for d, _ in docs} and summary["accounted"]
+    finally:
+        thread.join(600)
+        if killed:
+            flink_cluster.start_taskmanager()
+            deadline = time.time() + 120
+            while time.time() < deadline and len(flink_cluster.taskmanagers()) != 2:
+                time.sleep(0.5)
+
