@@ -21,6 +21,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+import yaml
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLOTS_PER_TASKMANAGER = 4
 
@@ -57,7 +59,10 @@ class FlinkCluster:
         for name in ("log4j-console.properties", "log4j.properties"):
             with open(os.path.join(self.home, "conf", name)) as src, open(os.path.join(conf, name), "w") as dst:
                 dst.write(src.read())
+        with open(os.path.join(self.home, "conf", "config.yaml")) as f:
+            java_opts = yaml.safe_load(f)["env"]["java"]["opts"]["all"]  # the distribution's Java 17 flags
         settings = {
+            "env.java.opts.all": java_opts,
             "jobmanager.rpc.address": "localhost",
             "jobmanager.rpc.port": free_port(),
             "jobmanager.bind-host": "localhost",
@@ -87,7 +92,7 @@ class FlinkCluster:
         }
         os.makedirs(settings["io.tmp.dirs"], exist_ok=True)
         with open(os.path.join(conf, "config.yaml"), "w") as f:
-            f.writelines(f"{k}: {v}\n" for k, v in settings.items())
+            f.writelines(f"{k}: {json.dumps(v)}\n" for k, v in settings.items())
         return conf
 
     def _start(self, name: str, argv: list[str], env: dict) -> None:
