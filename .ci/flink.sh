@@ -22,7 +22,7 @@ CACHE="${BRE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/beam-recurrent-embeddings}"
 FLINK_DIR="$CACHE/flink-$FLINK_VERSION"
 JS_DIR="$CACHE/beam-runners-flink-$FLINK_MINOR-$BEAM_JAVA_VERSION"
 JAR="$JS_DIR/beam-runners-flink-$FLINK_MINOR-job-server-$BEAM_JAVA_VERSION.jar"
-PYTHON="${PYTHON:-python3}"
+PYTHON="${PYTHON:-python}"
 
 site_flink() { "$FLINK_DIR/venv/bin/python" -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))'; }
 
@@ -58,7 +58,7 @@ if [ ! -f "$JS_DIR/.done" ]; then
   </dependencies>
 </project>
 EOF
-  (cd "$JS_DIR" && mvn -B -q dependency:copy-dependencies -DoutputDirectory=lib >&2)
+  (cd "$JS_DIR" && mvn -B -q -Dstyle.color=never dependency:copy-dependencies -DoutputDirectory=lib >&2)
   "$PYTHON" - "$JS_DIR" "$JAR" <<'EOF'
 import os, sys, zipfile
 folder, jar = sys.argv[1], sys.argv[2]

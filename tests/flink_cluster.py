@@ -7,7 +7,14 @@ over loopback. EXTERNAL with one Beam worker pool (``worker_pool_main``) shared 
 does not work on one host: each TaskManager numbers its SDK workers from "1-1", the pool keys workers
 by that id, and a TaskManager's StopWorker for "1-1" kills the other TaskManager's worker (seen here:
 the job fails with "CANCELLED: client cancelled"). On a real cluster each TaskManager has its own pool
-beside it (docs/running.md), which loopback cannot give both TaskManagers under one address."""
+beside it (docs/running.md), which loopback cannot give both TaskManagers under one address.
+
+LOOPBACK has the same hazard, since its pool (in the launching process) serves both TaskManagers: a
+TaskManager stops its SDK workers whenever none of its tasks uses them for the moment (between stages),
+and its "1-1" stop then ends the other TaskManager's harness mid-bundle (seen here: "Unknown process
+bundle instruction id", "SDK harness closed connection", and after Flink's restart a FinalizeWrite
+whose temp files the first attempt had already moved). ``--environment_cache_millis`` longer than the
+job keeps every TaskManager's SDK workers until the job is over, so no stop lands while it runs."""
 
 from __future__ import annotations
 
@@ -48,6 +55,7 @@ class FlinkCluster:
     folder: str
     rest_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    started_taskmanagers: int = 0
 
     @property
     def master(self) -> str:
@@ -112,7 +120,8 @@ class FlinkCluster:
         return self
 
     def start_taskmanager(self) -> str:
-        name = f"taskmanager{sum(n.startswith('taskmanager') for n in self.processes) + 1}"
+        self.started_taskmanagers += 1
+        name = f"taskmanager{self.started_taskmanagers}"
         self._start(name, [os.path.join(self.home, "bin", "taskmanager.sh"), "start-foreground"], self._env)
         return name
 
@@ -123,13 +132,15 @@ class FlinkCluster:
     def taskmanagers(self) -> list[dict]:
         return self.rest("/taskmanagers")["taskmanagers"]
 
-    def wait_for_taskmanagers(self, n: int, timeout: float = 120) -> None:
+    def wait_for_taskmanagers(self, n: int, excluding: tuple[str, ...] = (), timeout: float = 120) -> None:
+        """Until exactly ``n`` TaskManagers are registered, none of them one of ``excluding`` (ids)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             for name, proc in self.processes.items():
                 assert proc.poll() is None, f"{name} exited: see {self.folder}/{name}.log"
             try:
-                if len(self.taskmanagers()) >= n:
+                ids = [tm["id"] for tm in self.taskmanagers()]
+                if len(ids) == n and not set(ids) & set(excluding):
                     return
             except OSError:
                 pass
@@ -137,7 +148,8 @@ class FlinkCluster:
         raise TimeoutError(f"{n} TaskManagers did not register within {timeout}s: see {self.folder}")
 
     def kill(self, name: str) -> None:
-        proc = self.processes[name]
+        """SIGKILL, as a machine failure would end it; the process leaves ``processes``."""
+        proc = self.processes.pop(name)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
@@ -155,7 +167,7 @@ class FlinkCluster:
     def runner_args(self, parallelism: int = 4) -> list[str]:
         return ["--runner=FlinkRunner", f"--flink_master={self.master}", "--flink_version=1.19",
                 f"--flink_job_server_jar={self.job_server_jar}", f"--parallelism={parallelism}",
-                "--environment_type=LOOPBACK"]
+                "--environment_type=LOOPBACK", "--environment_cache_millis=300000"]
 
     def jobs(self) -> list[dict]:
         return self.rest("/jobs/overview")["jobs"]

@@ -141,7 +141,7 @@ def test_flink_model_loaded_once_per_sdk_worker_process(flink_cluster, small_job
 def test_flink_taskmanager_killed_mid_job_is_restarted_and_every_document_written_once(
         flink_cluster, small_job, tmp_path):
     """The cluster's restart strategy is fixed-delay (3 attempts, 2 s): a TaskManager killed while the
-    job runs fails its tasks, Flink restarts them on the surviving TaskManager's slots, and the job
+    job embeds fails its tasks, Flink restarts them on the surviving TaskManager's slots, and the job
     completes with every document exactly once (Beam's file sinks finalize only the successful
     attempt's files). The killed TaskManager is replaced afterwards, for the tests that follow."""
     from beam_pipeline.demo import sample_corpus
@@ -150,50 +150,45 @@ def test_flink_taskmanager_killed_mid_job_is_restarted_and_every_document_writte
     paths = [helpers.write_jsonl(tmp_path / f"big{k}.jsonl", docs[k::4]) for k in range(4)]
     out = tmp_path / "out" / "emb"
     before = {j["jid"] for j in flink_cluster.jobs()}
-    result: dict = {}
+    killed: list[str] = []
+    done = threading.Event()
 
-    def launch():
-        try:
-            result["summary"] = helpers.run_job(
-                ["--input", *paths, "--model", small_job.model, "--tokenizer", small_job.tokenizer, "--output", out,
-                 "--mode", "sequence", *JOB_FLAGS, *flink_cluster.runner_args()])
-        except BaseException as e:  # noqa: BLE001 - reported by the main thread
-            result["error"] = e
-
-    thread = threading.Thread(target=launch)
-    thread.start()
-    killed = None
-    try:
-        deadline = time.time() + 300
-        while killed is None and time.time() < deadline and thread.is_alive():
-            jobs = [j for j in flink_cluster.jobs() if j["jid"] not in before and j["state"] == "RUNNING"]
-            if jobs:
+    def kill_an_embedding_taskmanager():
+        """Watches the cluster's REST API; kills the TaskManager of an embed subtask that has
+        received documents, while it runs."""
+        while not done.is_set():
+            try:
+                jobs = [j for j in flink_cluster.jobs() if j["jid"] not in before and j["state"] == "RUNNING"]
                 embed = [s for s in flink_cluster.subtasks(jobs[0]["jid"])
-                         if "Embed" in s["vertex"] and s["status"] == "RUNNING" and s["records_in"] > 0]
-                if embed:  # documents are flowing into the embed stage on this TaskManager: kill it
-                    tm = embed[0]["taskmanager"]
-                    name = next(n for n, p in flink_cluster.processes.items()
-                                if n.startswith("taskmanager") and p.poll() is None
-                                and tm in open(os.path.join(flink_cluster.folder, f"{n}.log")).read())
-                    flink_cluster.kill(name)
-                    killed = name
+                         if "Embed" in s["vertex"] and s["status"] == "RUNNING" and s["records_in"] > 0] if jobs else []
+            except OSError:
+                embed = []
+            if embed:
+                tm = embed[0]["taskmanager"]
+                name = next(n for n, p in flink_cluster.processes.items()
+                            if n.startswith("taskmanager") and p.poll() is None
+                            and tm in open(os.path.join(flink_cluster.folder, f"{n}.log")).read())
+                flink_cluster.kill(name)
+                killed.append(tm)
+                return
             time.sleep(0.2)
-        thread.join(600)
-        assert killed, "the job ended before a TaskManager could be killed"
-        assert "error" not in result, result.get("error")
-        job = next(j for j in flink_cluster.jobs() if j["jid"] not in before)
-        failures = flink_cluster.rest(f"/jobs/{job['jid']}/exceptions")["exceptionHistory"]["entries"]
-        assert failures, "the kill did not hit the job"
-        assert job["state"] == "FINISHED"
-        summary = result["summary"]
-        ids = helpers.read_output(str(out)).column("doc_id").to_pylist()
-        assert len(ids) == len(set(ids)) == summary["embedded"] == len(docs)
-        assert set(ids) == {d for d, _ in docs} and summary["accounted"]
-    finally:
-        thread.join(600)
-        if killed:
-            flink_cluster.start_taskmanager()
-            deadline = time.time() + 120
-            while time.time() < deadline and len(flink_cluster.taskmanagers()) != 2:
-                time.sleep(0.5)
 
+    watcher = threading.Thread(target=kill_an_embedding_taskmanager, daemon=True)
+    watcher.start()
+    try:
+        summary = helpers.run_job(["--input", *paths, "--model", small_job.model, "--tokenizer", small_job.tokenizer,
+                                   "--output", out, "--mode", "sequence", *JOB_FLAGS, *flink_cluster.runner_args()])
+    finally:
+        done.set()
+        watcher.join(30)
+        if killed:  # a replacement, as a cluster manager would start, for the tests that follow
+            flink_cluster.start_taskmanager()
+            flink_cluster.wait_for_taskmanagers(2, excluding=tuple(killed))
+    assert killed, "the job ended before a TaskManager could be killed"
+    job = next(j for j in flink_cluster.jobs() if j["jid"] not in before)
+    assert job["state"] == "FINISHED"
+    failures = flink_cluster.rest(f"/jobs/{job['jid']}/exceptions")["exceptionHistory"]["entries"]
+    assert failures, "the kill did not hit the job"
+    ids = helpers.read_output(str(out)).column("doc_id").to_pylist()
+    assert len(ids) == len(set(ids)) == summary["embedded"] == len(docs)
+    assert set(ids) == {d for d, _ in docs} and summary["accounted"]
