@@ -2,19 +2,20 @@
 TaskManager processes with 4 slots each, each a process of its own started in the foreground so the
 tests own their pids. ``.ci/flink.sh`` provides the Flink distribution and Beam's Flink job server jar.
 
-The SDK harness is LOOPBACK: the TaskManagers reach the Python SDK workers in the launching process
-over loopback. EXTERNAL with one Beam worker pool (``worker_pool_main``) shared by both TaskManagers
-does not work on one host: each TaskManager numbers its SDK workers from "1-1", the pool keys workers
-by that id, and a TaskManager's StopWorker for "1-1" kills the other TaskManager's worker (seen here:
-the job fails with "CANCELLED: client cancelled"). On a real cluster each TaskManager has its own pool
-beside it (docs/running.md), which loopback cannot give both TaskManagers under one address.
+The SDK harness is the PROCESS environment: each TaskManager starts its own Python SDK worker
+processes with ``tests/flink_sdk_worker.py`` (Beam's boot binary's part for Python). The two
+environments that share one worker pool between both TaskManagers fail on one host:
 
-LOOPBACK has the same hazard, since its pool (in the launching process) serves both TaskManagers: a
-TaskManager stops its SDK workers whenever none of its tasks uses them for the moment (between stages),
-and its "1-1" stop then ends the other TaskManager's harness mid-bundle (seen here: "Unknown process
-bundle instruction id", "SDK harness closed connection", and after Flink's restart a FinalizeWrite
-whose temp files the first attempt had already moved). ``--environment_cache_millis`` longer than the
-job keeps every TaskManager's SDK workers until the job is over, so no stop lands while it runs."""
+- EXTERNAL with one Beam worker pool (``worker_pool_main``): each TaskManager numbers its SDK workers
+  from "1-1", the pool keys workers by that id, and a TaskManager's StopWorker for "1-1" kills the
+  other TaskManager's worker (seen here: "CANCELLED: client cancelled"). On a real cluster each
+  TaskManager has its own pool beside it (docs/running.md).
+- LOOPBACK, whose pool lives in the launching process: the same stop, sent whenever a TaskManager has
+  no task using its workers for a moment (between stages; with Beam's jars loaded as user code Flink's
+  Beam runner releases them at once, whatever ``--environment_cache_millis`` says), ended the other
+  TaskManager's harness mid-bundle in 3 of 8 jobs ("SDK harness closed connection", "Unknown process
+  bundle instruction id"); after Flink's restart, ``FinalizeWrite`` then failed with "src and dst files
+  do not exist" (the first attempt had already moved the temp files)."""
 
 from __future__ import annotations
 
@@ -110,8 +111,13 @@ class FlinkCluster:
 
     def start(self) -> FlinkCluster:
         conf = self.conf_dir()
-        env = {**os.environ, "FLINK_CONF_DIR": conf, "FLINK_LOG_DIR": self.folder,
-               "FLINK_PID_DIR": self.folder}
+        # the TaskManagers start the SDK workers: they need this checkout importable
+        env = {**os.environ, "FLINK_CONF_DIR": conf, "FLINK_LOG_DIR": self.folder, "FLINK_PID_DIR": self.folder,
+               "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+        self.sdk_worker_command = os.path.join(self.folder, "sdk_worker.sh")
+        with open(self.sdk_worker_command, "w") as f:
+            f.write(f'#!/bin/sh\nexec "{sys.executable}" "{os.path.join(ROOT, "tests", "flink_sdk_worker.py")}" "$@"\n')
+        os.chmod(self.sdk_worker_command, 0o755)
         self._start("jobmanager", [os.path.join(self.home, "bin", "jobmanager.sh"), "start-foreground"], env)
         self._env = env
         self.start_taskmanager()
@@ -167,7 +173,8 @@ class FlinkCluster:
     def runner_args(self, parallelism: int = 4) -> list[str]:
         return ["--runner=FlinkRunner", f"--flink_master={self.master}", "--flink_version=1.19",
                 f"--flink_job_server_jar={self.job_server_jar}", f"--parallelism={parallelism}",
-                "--environment_type=LOOPBACK", "--environment_cache_millis=300000"]
+                "--environment_type=PROCESS",
+                "--environment_config=" + json.dumps({"command": self.sdk_worker_command})]
 
     def jobs(self) -> list[dict]:
         return self.rest("/jobs/overview")["jobs"]
