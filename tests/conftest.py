@@ -42,3 +42,17 @@ def small_job(tmp_path_factory) -> SmallJob:
     path = folder / "model.keras"
     model.save(path)
     return SmallJob(str(path), str(tokenizer), str(folder), 100)
+
+
+@pytest.fixture(scope="session")
+def flink_cluster(tmp_path_factory):
+    """One real Flink 1.19 cluster on loopback for the whole session: a JobManager and two
+    TaskManager processes with 4 slots each (tests/flink_cluster.py)."""
+    from tests.flink_cluster import FlinkCluster, provision
+
+    found = provision()
+    cluster = FlinkCluster(found["FLINK_HOME"], found["FLINK_JOB_SERVER_JAR"], str(tmp_path_factory.mktemp("flink")))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -17,6 +17,7 @@ the DirectRunner), and the length buckets of ``RunInference`` need ``max_batch_d
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
@@ -42,6 +43,8 @@ class RecurrentModelHandler(ModelHandler):
 
         device = inference.configure_device(self.config.device)
         model = load_model(self.config.model, unsafe_deserialization=self.config.unsafe_deserialization).model
+        # One line per load: the Flink test counts them per SDK worker process (pid).
+        LOG.info("model loaded in process %d: %s", os.getpid(), self.config.model)
         return inference.Embedder(
             model,
             self.config.layer,

@@ -1,0 +1,187 @@
+"""The job on a real Flink 1.19 cluster on loopback (one JobManager, two TaskManager processes with
+4 slots each; tests/flink_cluster.py), submitted through Beam's Flink job server with
+``--runner=FlinkRunner --parallelism=4 --environment_type=PROCESS``: the same rows and dead letters as
+the DirectRunner, a TaskManager killed mid-job, and the model loaded once per SDK worker process."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+JOB_FLAGS = ["--padding", "post", "--truncating", "post", "--batch_size", "32"]
+BAD_LINES = ['{"id": "broken", "text": ', '{"text": "no id here"}', '{"id": "blank", "text": "   "}',
+             '{"id": "punct", "text": "!!! ... ???"}']
+EXPECTED_DEAD = {"invalid_json", "missing_id", "empty_document", "no_tokens"}
+
+
+def _rows(prefix: str) -> dict:
+    table = helpers.read_output(prefix)
+    ids = table.column("doc_id").to_pylist()
+    assert len(ids) == len(set(ids)), "a document written twice"
+    columns = [c for c in table.column_names if c not in ("doc_id", "num_tokens")]
+    return {i: [table.column(c)[k].as_py() for c in columns] + [table.column("num_tokens")[k].as_py()]
+            for k, i in enumerate(ids)}
+
+
+def _dead_letters(prefix: str) -> list[tuple]:
+    out = []
+    for path in glob.glob(f"{prefix}-errors-*.jsonl"):
+        with open(path, encoding="utf-8") as f:
+            out += [(r["doc_id"], r["stage"], r["reason"]) for r in map(json.loads, f) if r]
+    return sorted(out, key=repr)
+
+
+def _assert_same_rows(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for doc_id, values in want.items():
+        for g, w in zip(got[doc_id], values, strict=True):
+            if isinstance(w, list):
+                np.testing.assert_allclose(np.asarray(g, dtype=np.float64), np.asarray(w, dtype=np.float64),
+                                           atol=1e-6, err_msg=doc_id)
+            else:
+                assert g == w, doc_id
+
+
+@pytest.fixture(scope="module")
+def flink_corpus(tmp_path_factory):
+    """The demo corpus in 4 files (so the read splits over several subtasks) plus lines the job must
+    dead-letter: broken JSON, a record without id, a blank text, a text with no token."""
+    from beam_pipeline.demo import sample_corpus
+
+    folder = tmp_path_factory.mktemp("flink_corpus")
+    docs = [(d["id"], d["text"]) for d in sample_corpus(400, seed=12)]
+    paths = [helpers.write_jsonl(folder / f"part{k}.jsonl", docs[k::4]) for k in range(4)]
+    with open(paths[0], "a", encoding="utf-8") as f:
+        f.write("\n".join(BAD_LINES) + "\n")
+    return paths, docs
+
+
+@pytest.fixture(scope="module")
+def unmasked_model(small_job, tmp_path_factory):
+    """Embedding (no mask) -> GRU -> Dense, untrained, with the small job's tokenizer."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((32,), dtype="int32")
+    x = keras.layers.Embedding(small_job.vocab, 8)(inp)
+    x = keras.layers.GRU(5, name="gru")(x)
+    model = keras.Model(inp, keras.layers.Dense(1)(x))
+    path = tmp_path_factory.mktemp("unmasked") / "model.keras"
+    model.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", ["final", "sequence", "states"])
+@pytest.mark.parametrize("masked", [True, False], ids=["masked", "unmasked"])
+def test_flink_cluster_writes_the_direct_runners_rows_and_dead_letters(
+        flink_cluster, small_job, unmasked_model, flink_corpus, tmp_path, mode, masked):
+    paths, docs = flink_corpus
+    model = small_job.model if masked else unmasked_model
+    base = ["--input", *paths, "--model", model, "--tokenizer", small_job.tokenizer, "--mode", mode, *JOB_FLAGS]
+    direct = helpers.run_job([*base, "--output", tmp_path / "direct" / "emb"])
+    flink = helpers.run_job([*base, "--output", tmp_path / "flink" / "emb", *flink_cluster.runner_args()])
+
+    _assert_same_rows(_rows(str(tmp_path / "flink" / "emb")), _rows(str(tmp_path / "direct" / "emb")))
+    assert _dead_letters(str(tmp_path / "flink" / "emb")) == _dead_letters(str(tmp_path / "direct" / "emb"))
+    assert {r for _, _, r in _dead_letters(str(tmp_path / "flink" / "emb"))} == EXPECTED_DEAD
+    for key in ("read", "embedded", "dead_lettered", "errors_by_reason", "accounted"):
+        assert flink[key] == direct[key], key
+    assert flink["accounted"] and flink["read"] == flink["embedded"] + flink["dead_lettered"]
+    assert flink["embedded"] == len(docs)  # the bad lines are all dead letters
+    # it ran on the cluster: the latest finished job there read the corpus in parallel subtasks
+    job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
+    assert job["state"] == "FINISHED"
+    embed = [s for s in flink_cluster.subtasks(job["jid"]) if "Embed" in s["vertex"]]
+    assert len(embed) == 4 and len({s["taskmanager"] for s in embed}) == 2
+
+
+def _log_sizes(cluster) -> dict[str, int]:
+    return {p: os.path.getsize(p) for p in glob.glob(os.path.join(cluster.folder, "taskmanager*.log"))}
+
+
+def test_flink_model_loaded_once_per_sdk_worker_process(flink_cluster, small_job, flink_corpus, tmp_path):
+    """Each TaskManager starts its own SDK worker processes (PROCESS environment); their log lines
+    reach the TaskManager's log through Beam's logging service. Every SDK worker process that embeds
+    logs "model loaded in process PID" once, however many bundles and batches it runs."""
+    paths, _ = flink_corpus
+    before = _log_sizes(flink_cluster)
+    summary = helpers.run_job(["--input", *paths, "--model", small_job.model, "--tokenizer", small_job.tokenizer,
+                               "--output", tmp_path / "emb", *JOB_FLAGS, *flink_cluster.runner_args()])
+    loads: dict[str, list[int]] = {}
+    for path in _log_sizes(flink_cluster):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            f.seek(before.get(path, 0))
+            loads[path] = [int(m) for m in re.findall(r"model loaded in process (\d+)", f.read())]
+    pids = [pid for found in loads.values() for pid in found]
+    assert len(pids) == len(set(pids)), f"a process loaded the model twice: {loads}"
+    assert sum(bool(found) for found in loads.values()) == 2, f"not both TaskManagers' workers embedded: {loads}"
+    job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
+    embed = [s for s in flink_cluster.subtasks(job["jid"]) if "Embed" in s["vertex"]]
+    assert len([s for s in embed if s["records_in"] > 0]) >= 2, embed
+    assert summary["metrics"]["batches"] > len(pids)
+    assert summary["metrics"]["embedded"] == summary["embedded"]
+
+
+def test_flink_taskmanager_killed_mid_job_is_restarted_and_every_document_written_once(
+        flink_cluster, small_job, tmp_path):
+    """The cluster's restart strategy is fixed-delay (3 attempts, 2 s): a TaskManager killed while the
+    job embeds fails its tasks, Flink restarts them on the surviving TaskManager's slots, and the job
+    completes with every document exactly once (Beam's file sinks finalize only the successful
+    attempt's files). The killed TaskManager is replaced afterwards, for the tests that follow."""
+    from beam_pipeline.demo import sample_corpus
+
+    docs = [(f"k{i}", d["text"]) for i, d in enumerate(sample_corpus(6000, seed=8))]
+    paths = [helpers.write_jsonl(tmp_path / f"big{k}.jsonl", docs[k::4]) for k in range(4)]
+    out = tmp_path / "out" / "emb"
+    before = {j["jid"] for j in flink_cluster.jobs()}
+    killed: list[str] = []
+    done = threading.Event()
+
+    def kill_an_embedding_taskmanager():
+        """Watches the cluster's REST API; kills the TaskManager of an embed subtask that has
+        received documents, while it runs."""
+        while not done.is_set():
+            try:
+                jobs = [j for j in flink_cluster.jobs() if j["jid"] not in before and j["state"] == "RUNNING"]
+                embed = [s for s in flink_cluster.subtasks(jobs[0]["jid"])
+                         if "Embed" in s["vertex"] and s["status"] == "RUNNING" and s["records_in"] > 0] if jobs else []
+            except OSError:
+                embed = []
+            if embed:
+                tm = embed[0]["taskmanager"]
+                name = next(n for n, p in flink_cluster.processes.items()
+                            if n.startswith("taskmanager") and p.poll() is None
+                            and tm in open(os.path.join(flink_cluster.folder, f"{n}.log")).read())
+                flink_cluster.kill(name)
+                killed.append(tm)
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=kill_an_embedding_taskmanager, daemon=True)
+    watcher.start()
+    try:
+        summary = helpers.run_job(["--input", *paths, "--model", small_job.model, "--tokenizer", small_job.tokenizer,
+                                   "--output", out, "--mode", "sequence", *JOB_FLAGS, *flink_cluster.runner_args()])
+    finally:
+        done.set()
+        watcher.join(30)
+        if killed:  # a replacement, as a cluster manager would start, for the tests that follow
+            flink_cluster.start_taskmanager()
+            flink_cluster.wait_for_taskmanagers(2, excluding=tuple(killed))
+    assert killed, "the job ended before a TaskManager could be killed"
+    job = next(j for j in flink_cluster.jobs() if j["jid"] not in before)
+    assert job["state"] == "FINISHED"
+    failures = flink_cluster.rest(f"/jobs/{job['jid']}/exceptions")["exceptionHistory"]["entries"]
+    assert failures, "the kill did not hit the job"
+    ids = helpers.read_output(str(out)).column("doc_id").to_pylist()
+    assert len(ids) == len(set(ids)) == summary["embedded"] == len(docs)
+    assert set(ids) == {d for d, _ in docs} and summary["accounted"]
