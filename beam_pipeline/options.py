@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import __version__, files, recurrent
+from beam_pipeline import __version__, engines, files, recurrent
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
 
@@ -56,6 +56,9 @@ class EmbeddingOptions(PipelineOptions):
                             help="auto: for masked models, sort by length and pad each batch to its longest.")
         parser.add_argument("--jit", default="auto", choices=("auto", "off"),
                             help="auto: on the CPU, XLA-compile the sub-model for batch shapes that repeat.")
+        parser.add_argument("--engine", default="auto", choices=engines.CHOICES,
+                            help="auto: on the first batch, every engine that can run the model exactly is checked "
+                                 "against the Keras graph and timed; the fastest is kept. Or force one.")
         parser.add_argument("--compression", default="zstd", choices=COMPRESSIONS)
         parser.add_argument("--dtype", default="float32", choices=("float32", "float16"))
         parser.add_argument("--row_group_mb", type=int, default=32, help="Target Parquet row group size in MiB.")
@@ -94,6 +97,7 @@ class JobConfig:
     layer_info: dict = field(default_factory=dict)
     model_sha256: str = ""
     tokenizer_sha256: str | None = None
+    engine: str = "auto"
 
     @property
     def columns(self) -> list[tuple[str, int]]:
@@ -124,6 +128,8 @@ class JobConfig:
             "long_docs": self.long_docs,
             "tokenizer": self.tokenizer,
             "tokenizer_sha256": self.tokenizer_sha256,
+            "engine": self.engine,
+            "engine_tolerance": engines.TOLERANCE,
         }
 
 
@@ -230,6 +236,16 @@ def resolve(options: PipelineOptions) -> JobConfig:
         maxlen = _check_maxlen(o, model)
         tokenizer_sha, depth = _check_tokenizer(o, model, layer)
 
+    if o.engine not in ("auto", "keras"):
+        if o.long_docs == "carry":
+            raise ConfigError(f"--long_docs carry runs the Keras graph window by window; drop --engine {o.engine}")
+        ctx = engines.context_for(model, layer, o.mode, maxlen, o.padding, "gpu" if o.device == "gpu" else "cpu",
+                                  o.jit == "auto")
+        reason = engines.registry()[o.engine].why_not(ctx)
+        if reason:
+            raise ConfigError(f"--engine {o.engine} cannot run layer {info.name!r} exactly: {reason}. "
+                              "Use --engine auto (or keras).")
+
     layer_info = {
         **asdict(info),
         "input": "text" if recurrent.takes_text(model) else ("one_hot" if depth else "token_ids"),
@@ -261,4 +277,5 @@ def resolve(options: PipelineOptions) -> JobConfig:
         layer_info=layer_info,
         model_sha256=files.sha256_of(o.model),
         tokenizer_sha256=tokenizer_sha,
+        engine=o.engine,
     )

@@ -85,6 +85,18 @@ class Engine:
         raise NotImplementedError
 
 
+def context_for(model, layer, mode: str, maxlen: int, padding: str, device: str = "cpu", jit: bool = True) -> Context:
+    """The Context ``Embedder`` builds, for checking a forced engine before any worker starts."""
+    from beam_pipeline import recurrent
+
+    depth = recurrent.one_hot_depth(model)
+    model_dtype = str(model.inputs[0].dtype)
+    return Context(model=model, layer=layer, info=recurrent.describe_layer(layer, model), mode=mode, maxlen=maxlen,
+                   padding=padding, device=device, input_dtype="int32" if depth else model_dtype,
+                   model_dtype=model_dtype, one_hot_depth=depth, text_input=recurrent.takes_text(model),
+                   input_shape=tuple(model.inputs[0].shape[1:]), jit=jit)
+
+
 def registry() -> dict[str, type[Engine]]:
     from beam_pipeline.engines.keras_graph import KerasEngine, XlaEngine
     from beam_pipeline.engines.onnx_rt import OnnxEngine
