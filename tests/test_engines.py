@@ -111,9 +111,10 @@ def test_float_input_ids_are_cast_as_keras_casts_them():
     _check(model, "final", "pre")
 
 
-def test_full_length_and_single_token_documents_with_the_prefix_cache():
+def test_prefix_cache_reads_length_sorted_chunks_with_full_length_and_single_token_documents(monkeypatch):
+    monkeypatch.setattr(onnx_rt, "PREFIX_CHUNK", 4)  # several chunks, each as wide as its longest document
     model = _model(ACCEPTED["stacked_lstm_gru_rnn"], mask_zero=False)
-    seqs = [list(range(1, MAXLEN + 1)), [7], [3, 4]]
+    seqs = [list(range(1, MAXLEN + 1)), [7], [3, 4]] + _sequences(9, n=10)
     for mode in ("final", "sequence", "states"):
         assert _check(model, mode, "pre", seqs=seqs).engine.prefix
 

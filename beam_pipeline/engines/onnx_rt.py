@@ -26,6 +26,7 @@ import numpy as np
 from beam_pipeline.engines import Context, Engine
 
 OPSET = 17
+PREFIX_CHUNK = 128  # documents read together from their padding-prefix states, sorted by length
 _IDENTITY = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
              "ActivityRegularization")  # the identity at inference
 
@@ -404,17 +405,31 @@ class OnnxEngine(Engine):
         return self._outputs(y, states)
 
     def _run_from_prefix(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """Documents sorted by length and read in chunks of ``PREFIX_CHUNK``, each chunk only as
+        wide as its longest document: the real tokens, from the states their padding reaches."""
+        order = np.argsort(lengths, kind="stable")
+        result: list[np.ndarray] | None = None
+        for start in range(0, len(order), PREFIX_CHUNK):
+            rows = order[start:start + PREFIX_CHUNK]
+            part = self._prefix_chunk(batch[rows], lengths[rows])
+            if result is None:
+                result = [np.empty((len(batch), *p.shape[1:]), np.float32) for p in part]
+            for full, p in zip(result, part):
+                full[rows] = p
+        return result
+
+    def _prefix_chunk(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         width = batch.shape[1]
+        steps = int(lengths.max())
         skip = width - lengths  # leading padding steps of each document
-        left = np.zeros_like(batch)
-        real = np.arange(width)[None, :] < lengths[:, None]
-        left[real] = batch[batch != 0]
+        left = np.zeros((len(batch), steps), batch.dtype)
+        left[np.arange(steps)[None, :] < lengths[:, None]] = batch[batch != 0]
         initial = [table[skip][None] for table in self.tables]
         y, states, _ = self._split(self.session.run(None, self._feeds(left, lengths, initial)))
         if self.ctx.mode == "sequence":  # back to the trained positions, padding steps from the table
             h_table = self.tables[-self._state_count(self.kinds[-1])]
             source = np.arange(width)[None, :] - skip[:, None]  # (B, T): step in the real tokens, < 0 for padding
-            full = np.empty((batch.shape[0], width, y.shape[-1]), np.float32)
+            full = np.empty((len(batch), width, y.shape[-1]), np.float32)
             pad = source < 0
             rows = np.nonzero(~pad)
             full[rows] = y[source[rows], 0, rows[0]]
