@@ -172,8 +172,8 @@ def test_models_onnx_would_compute_differently_are_declined_and_run_on_keras(cas
     assert reason and named in reason
     with pytest.raises(engines.EngineError, match="cannot run"):
         Embedder(model, "target", "final", MAXLEN, padding="post", engine="onnx").embed(_sequences(2))
-    out = embedder.embed(_sequences(2))  # auto: the Keras graph runs it
-    assert embedder.engine.name == "keras"
+    out = embedder.embed(_sequences(2))  # auto: another engine (the Keras graph, or the table) runs it
+    assert embedder.engine.name != "onnx" and "declined" in embedder.engine_report["onnx"]
     ref = helpers.reference(model, "target", "final", keras.utils.pad_sequences(_sequences(2), MAXLEN, padding="post"))
     np.testing.assert_allclose(out.columns["vector"], ref[0], atol=1e-5, rtol=0)
 
@@ -190,8 +190,11 @@ def test_one_hot_and_text_inputs_are_declined():
 
 def test_an_engine_that_differs_from_keras_is_dropped_at_calibration(monkeypatch, caplog):
     """Verification before trust: outputs off by 1e-3 are never used, whatever their speed."""
+    from beam_pipeline.engines.table import TableEngine
+
     original = onnx_rt.OnnxEngine.run
     monkeypatch.setattr(onnx_rt.OnnxEngine, "run", lambda self, batch: [a + 1e-3 for a in original(self, batch)])
+    monkeypatch.setattr(TableEngine, "why_not", classmethod(lambda cls, ctx: "not under test"))
     model = _model(ACCEPTED["lstm"])
     with caplog.at_level(logging.WARNING):
         embedder = Embedder(model, "target", "final", MAXLEN, padding="post", jit=False)
@@ -207,14 +210,14 @@ def test_an_engine_that_differs_from_keras_is_dropped_at_calibration(monkeypatch
 def test_calibration_keeps_the_fastest_verified_engine(slowest, monkeypatch):
     """The choice follows the measured times (here fixed, to make the test deterministic); an XLA
     engine that measured slower than the graph is not kept, so its ski rental never starts."""
-    times = {"keras": 2.0, "xla": 1.0, "onnx": 1.5}
+    times = {"keras": 2.0, "xla": 1.0, "onnx": 1.5, "table": 3.0}
     times[slowest] = 9.0
     monkeypatch.setattr(engines, "_timed", lambda engine, batch, repeat: times[engine.name])
     model = _model(ACCEPTED["lstm"])
     embedder = Embedder(model, "target", "final", MAXLEN, padding="post")
     embedder.embed(_sequences(4))
     assert embedder.engine.name == min(times, key=times.get)
-    assert set(embedder.engine_report) == {"keras", "xla", "onnx"}
+    assert set(embedder.engine_report) == {"keras", "xla", "onnx", "table"}
     if slowest == "xla":
         assert not isinstance(embedder.engine, keras_graph.XlaEngine)
 
@@ -281,3 +284,32 @@ def test_forced_engine_that_cannot_run_the_model_is_a_config_error(tmp_path):
         helpers.run_job(["--input", corpus, "--output", tmp_path / "o", "--model", tmp_path / "m.keras",
                          "--tokenizer", tmp_path / "tok.json", "--maxlen", MAXLEN, "--padding", "post",
                          "--truncating", "post", "--engine", "onnx"])
+
+
+TABLE_ACCEPTED = {
+    "lstm": ACCEPTED["lstm"],
+    "lstm_no_bias_hard_sigmoid_relu": ACCEPTED["lstm_no_bias_hard_sigmoid_relu"],
+    "gru_reset_after": ACCEPTED["gru_reset_after"],
+    "gru_reset_before": ACCEPTED["gru_reset_before"],
+    "simple_rnn_relu": ACCEPTED["simple_rnn_relu"],
+    "dropouts_between": lambda x: L.LSTM(4, name="target")(L.Dropout(0.5)(L.SpatialDropout1D(0.3)(x))),
+}
+
+
+@pytest.mark.parametrize("mask_zero", [True, False])
+@pytest.mark.parametrize("kind", sorted(TABLE_ACCEPTED))
+def test_projection_table_engine_equals_keras(kind, mask_zero):
+    """``E @ W + b`` gathered per token instead of multiplied: 1e-5 (the sum's order differs by one add)."""
+    model = _model(TABLE_ACCEPTED[kind], mask_zero=mask_zero)
+    for mode in ("final", "sequence", "states"):
+        for padding in ("post",) if mask_zero else ("pre", "post"):
+            _check(model, mode, padding, engine="table")
+
+
+@pytest.mark.parametrize("kind", ["stacked_lstm_gru_rnn", "stacked_bidirectional_lstm"])
+def test_projection_table_declines_stacks_and_bidirectional_targets(kind):
+    model = _model(ACCEPTED[kind])
+    ctx = engines.context_for(model, model.get_layer("target"), "final", MAXLEN, "post")
+    from beam_pipeline.engines.table import TableEngine
+
+    assert "between the Embedding and the target" in TableEngine.why_not(ctx)

@@ -11,7 +11,9 @@ models, padded as trained otherwise) and returns the same list of arrays as the 
 - ``onnx``: an ONNX graph built from the layers' weights (``Gather`` for the Embedding, ONNX
   ``LSTM`` / ``GRU`` / ``RNN`` ops, ``sequence_lens`` as the mask) run by ONNX Runtime; for unmasked
   pre-padded unidirectional models it starts every document from the cached state its padding
-  prefix reaches and reads only its real tokens.
+  prefix reaches and reads only its real tokens;
+- ``table``: for one recurrent layer fed by an Embedding, the input projection precomputed per
+  vocabulary row (``E @ W + b``) and gathered in an XLA-compiled time loop.
 
 Each engine says why it cannot run a model exactly (``why_not``) and then is not tried. With
 ``--engine auto``, ``choose`` runs every eligible engine on the first real batch, drops any whose
@@ -30,7 +32,7 @@ import numpy as np
 LOG = logging.getLogger(__name__)
 
 TOLERANCE = 1e-5  # largest absolute difference from the Keras graph an engine may show at calibration
-CHOICES = ("auto", "keras", "xla", "onnx")
+CHOICES = ("auto", "keras", "xla", "onnx", "table")
 
 
 class EngineError(RuntimeError):
@@ -100,8 +102,9 @@ def context_for(model, layer, mode: str, maxlen: int, padding: str, device: str 
 def registry() -> dict[str, type[Engine]]:
     from beam_pipeline.engines.keras_graph import KerasEngine, XlaEngine
     from beam_pipeline.engines.onnx_rt import OnnxEngine
+    from beam_pipeline.engines.table import TableEngine
 
-    return {cls.name: cls for cls in (KerasEngine, XlaEngine, OnnxEngine)}
+    return {cls.name: cls for cls in (KerasEngine, XlaEngine, OnnxEngine, TableEngine)}
 
 
 def eligible(ctx: Context) -> dict[str, str | None]:
@@ -159,8 +162,10 @@ def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray 
     if requested == "keras" or (requested == "auto" and not any(
             engines[n].why_not(ctx) is None for n in names)):
         report["keras"] = {"startup_s": round(startup, 4)}
-        LOG.info("engine keras (the only eligible one); others: %s",
-                 {n: engines[n].why_not(ctx) for n in engines if n != "keras"})
+        reasons = {n: engines[n].why_not(ctx) for n in engines if n != "keras"}
+        report.update({n: {"declined": reason} for n, reason in reasons.items() if reason})
+        LOG.info("engine keras for layer %s (%s): %s", ctx.info.name,
+                 "forced" if requested == "keras" else "the only eligible one", report)
         return Choice(reference, report)
     timed: dict[str, float] = {"keras": _timed(reference, batch, repeat)}
     report["keras"] = {"seconds": round(timed["keras"], 5), "startup_s": round(startup, 4), "max_diff": 0.0}
