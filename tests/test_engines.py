@@ -298,12 +298,17 @@ TABLE_ACCEPTED = {
 
 @pytest.mark.parametrize("mask_zero", [True, False])
 @pytest.mark.parametrize("kind", sorted(TABLE_ACCEPTED))
-def test_projection_table_engine_equals_keras(kind, mask_zero):
-    """``E @ W + b`` gathered per token instead of multiplied: 1e-5 (the sum's order differs by one add)."""
+def test_projection_table_engine_equals_keras(kind, mask_zero, monkeypatch):
+    """``E @ W + b`` gathered per token instead of multiplied: 1e-5 (the sum's order differs by one add).
+    Unmasked ``pre``: from the padding-prefix states, in length-sorted chunks (8 documents here)."""
+    from beam_pipeline.engines import table
+
+    monkeypatch.setattr(table, "PREFIX_CHUNK", 8)
     model = _model(TABLE_ACCEPTED[kind], mask_zero=mask_zero)
     for mode in ("final", "sequence", "states"):
         for padding in ("post",) if mask_zero else ("pre", "post"):
-            _check(model, mode, padding, engine="table")
+            embedder = _check(model, mode, padding, engine="table")
+            assert embedder.engine.prefix == (not mask_zero and padding == "pre")
 
 
 @pytest.mark.parametrize("kind", ["stacked_lstm_gru_rnn", "stacked_bidirectional_lstm"])

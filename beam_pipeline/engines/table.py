@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from beam_pipeline.engines import Context, Engine, as_arrays
-from beam_pipeline.engines.onnx_rt import _IDENTITY, _numpy, _rnn_kind, chain_of
+from beam_pipeline.engines.onnx_rt import _IDENTITY, PREFIX_CHUNK, _numpy, _rnn_kind, chain_of
 
 
 class TableEngine(Engine):
@@ -72,8 +72,17 @@ class TableEngine(Engine):
         self.sequence = ctx.mode == "sequence"
         self.act, self.rec_act = cell.activation, getattr(cell, "recurrent_activation", None)
         self.reset_after = bool(getattr(cell, "reset_after", False))
-        self._fn = tf.function(self._loop, input_signature=[tf.TensorSpec([None, None], tf.dtypes.as_dtype(
-            ctx.input_dtype))], jit_compile=True)
+        ids_spec = tf.TensorSpec([None, None], tf.dtypes.as_dtype(ctx.input_dtype))
+        self._fn = tf.function(lambda ids: self._loop(ids, hold=self.masked), input_signature=[ids_spec],
+                               jit_compile=True)
+        # Unmasked, padded "pre": every document starts from the states its padding prefix reaches.
+        self.prefix = not self.masked and ctx.padding == "pre"
+        if self.prefix:
+            n_states = 2 if self.kind == "LSTM" else 1
+            state_spec = tf.TensorSpec([None, units], tf.float32)
+            self._fn_prefix = tf.function(lambda ids, *s: self._loop(ids, *s, hold=True),
+                                          input_signature=[ids_spec] + [state_spec] * n_states, jit_compile=True)
+            self.tables = self._padding_tables()
 
     def _cell(self, x, states):
         import tensorflow as tf
@@ -103,19 +112,21 @@ class TableEngine(Engine):
             return [z * h + (1 - z) * hh]
         return [self.act(x + tf.matmul(h, self.recurrent))]
 
-    def _loop(self, ids):
+    def _loop(self, ids, *initial, hold: bool):
+        """The time loop over ``ids`` (B, T) from ``initial`` states (zeros when none); ``hold``:
+        a step on id 0 keeps the states (the mask, or the end of a left-aligned document)."""
         import tensorflow as tf
 
         ids = tf.cast(ids, tf.int32)
         batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
         n_states = 2 if self.kind == "LSTM" else 1
-        states = [tf.zeros([batch, self.units], tf.float32) for _ in range(n_states)]
+        states = list(initial) or [tf.zeros([batch, self.units], tf.float32) for _ in range(n_states)]
         outputs = tf.TensorArray(tf.float32, size=steps) if self.sequence else None
 
         def body(t, states, outputs):
             token = ids[:, t]
             new = self._cell(tf.gather(self.table, token), states)
-            if self.masked:
+            if hold:
                 keep = tf.not_equal(token, 0)[:, None]
                 new = [tf.where(keep, n, s) for n, s in zip(new, states)]
             if outputs is not None:
@@ -133,5 +144,56 @@ class TableEngine(Engine):
             return [states[0]]
         return list(states)
 
+    def _padding_tables(self) -> list[np.ndarray]:
+        """Per state: (maxlen + 1, units) states after 0..maxlen padding steps (id 0, unmasked)."""
+        import tensorflow as tf
+
+        n_states = 2 if self.kind == "LSTM" else 1
+        states = [tf.zeros([1, self.units], tf.float32) for _ in range(n_states)]
+        tables = [[np.zeros(self.units, np.float32)] for _ in range(n_states)]
+        step = tf.function(lambda s: self._cell(tf.gather(self.table, tf.zeros([1], tf.int32)), s), jit_compile=True)
+        for _ in range(self.ctx.maxlen):
+            states = step(states)
+            for table, state in zip(tables, states):
+                table.append(np.asarray(state)[0])
+        return [np.stack(t) for t in tables]
+
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        return as_arrays(self._fn(batch))
+        if not self.prefix:
+            return as_arrays(self._fn(batch))
+        lengths = (batch != 0).sum(axis=1)
+        width = batch.shape[1]
+        if not lengths.all() or not np.array_equal(batch != 0, np.arange(width)[None, :] >= (width - lengths)[:, None]):
+            from beam_pipeline.engines.keras_graph import KerasEngine
+
+            return KerasEngine(self.ctx).run(batch)  # an empty row or an id 0 among the tokens
+        order = np.argsort(lengths, kind="stable")
+        result: list[np.ndarray] | None = None
+        for start in range(0, len(order), PREFIX_CHUNK):
+            rows = order[start:start + PREFIX_CHUNK]
+            part = self._prefix_chunk(batch[rows], lengths[rows])
+            if result is None:
+                result = [np.empty((len(batch), *p.shape[1:]), np.float32) for p in part]
+            for full, p in zip(result, part):
+                full[rows] = p
+        return result
+
+    def _prefix_chunk(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """Left-aligned real tokens, from the states after each document's padding prefix; the
+        width is the chunk's longest document rounded up to 8 (few distinct shapes to compile)."""
+        width = batch.shape[1]
+        steps = min(-(-int(lengths.max()) // 8) * 8, width)
+        skip = width - lengths
+        left = np.zeros((len(batch), steps), batch.dtype)
+        left[np.arange(steps)[None, :] < lengths[:, None]] = batch[batch != 0]
+        out = as_arrays(self._fn_prefix(left, *[t[skip] for t in self.tables]))
+        if not self.sequence:
+            return out
+        y = out[0]
+        source = np.arange(width)[None, :] - skip[:, None]
+        full = np.empty((len(batch), width, y.shape[-1]), np.float32)
+        pad = source < 0
+        rows = np.nonzero(~pad)
+        full[rows] = y[rows[0], source[rows]]
+        full[pad] = self.tables[0][np.nonzero(pad)[1] + 1]
+        return [full]
