@@ -72,16 +72,19 @@ class TableEngine(Engine):
         self.sequence = ctx.mode == "sequence"
         self.act, self.rec_act = cell.activation, getattr(cell, "recurrent_activation", None)
         self.reset_after = bool(getattr(cell, "reset_after", False))
-        ids_spec = tf.TensorSpec([None, None], tf.dtypes.as_dtype(ctx.input_dtype))
-        self._fn = tf.function(lambda ids: self._loop(ids, hold=self.masked), input_signature=[ids_spec],
-                               jit_compile=True)
+        # One compiled shape per row count: ids are always maxlen wide and the loop runs ``steps`` steps.
+        ids_spec = tf.TensorSpec([None, ctx.maxlen], tf.dtypes.as_dtype(ctx.input_dtype))
+        steps_spec = tf.TensorSpec([], tf.int32)
+        self._fn = tf.function(lambda ids, steps: self._loop(ids, steps, hold=self.masked),
+                               input_signature=[ids_spec, steps_spec], jit_compile=True)
         # Unmasked, padded "pre": every document starts from the states its padding prefix reaches.
         self.prefix = not self.masked and ctx.padding == "pre"
         if self.prefix:
             n_states = 2 if self.kind == "LSTM" else 1
             state_spec = tf.TensorSpec([None, units], tf.float32)
-            self._fn_prefix = tf.function(lambda ids, *s: self._loop(ids, *s, hold=True),
-                                          input_signature=[ids_spec] + [state_spec] * n_states, jit_compile=True)
+            self._fn_prefix = tf.function(lambda ids, steps, *s: self._loop(ids, steps, *s, hold=True),
+                                          input_signature=[ids_spec, steps_spec] + [state_spec] * n_states,
+                                          jit_compile=True)
             self.tables = self._padding_tables()
 
     def _cell(self, x, states):
@@ -112,16 +115,17 @@ class TableEngine(Engine):
             return [z * h + (1 - z) * hh]
         return [self.act(x + tf.matmul(h, self.recurrent))]
 
-    def _loop(self, ids, *initial, hold: bool):
-        """The time loop over ``ids`` (B, T) from ``initial`` states (zeros when none); ``hold``:
-        a step on id 0 keeps the states (the mask, or the end of a left-aligned document)."""
+    def _loop(self, ids, steps, *initial, hold: bool):
+        """The time loop over the first ``steps`` columns of ``ids`` (B, maxlen) from ``initial``
+        states (zeros when none); ``hold``: a step on id 0 keeps the states (the mask, or the end of
+        a left-aligned document). Sequence outputs are (B, maxlen, units), zero after ``steps``."""
         import tensorflow as tf
 
         ids = tf.cast(ids, tf.int32)
-        batch, steps = tf.shape(ids)[0], tf.shape(ids)[1]
+        batch = tf.shape(ids)[0]
         n_states = 2 if self.kind == "LSTM" else 1
         states = list(initial) or [tf.zeros([batch, self.units], tf.float32) for _ in range(n_states)]
-        outputs = tf.TensorArray(tf.float32, size=steps) if self.sequence else None
+        outputs = tf.zeros([self.ctx.maxlen, batch, self.units], tf.float32) if self.sequence else None
 
         def body(t, states, outputs):
             token = ids[:, t]
@@ -130,7 +134,7 @@ class TableEngine(Engine):
                 keep = tf.not_equal(token, 0)[:, None]
                 new = [tf.where(keep, n, s) for n, s in zip(new, states)]
             if outputs is not None:
-                outputs = outputs.write(t, new[0])
+                outputs = tf.tensor_scatter_nd_update(outputs, [[t]], new[0][None])
             return t + 1, new, outputs
 
         loop_vars = (tf.constant(0), states, outputs) if outputs is not None else (tf.constant(0), states)
@@ -139,7 +143,7 @@ class TableEngine(Engine):
                                else (lambda t, s: body(t, s, None)[:2]), loop_vars)
         states = result[1]
         if self.sequence:
-            return [tf.transpose(result[2].stack(), [1, 0, 2])]
+            return [tf.transpose(result[2], [1, 0, 2])]
         if self.ctx.mode == "final":
             return [states[0]]
         return list(states)
@@ -160,7 +164,9 @@ class TableEngine(Engine):
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         if not self.prefix:
-            return as_arrays(self._fn(batch))
+            width = batch.shape[1]
+            out = as_arrays(self._fn(self._full_width(batch), np.int32(width)))
+            return [out[0][:, :width]] if self.sequence else out
         lengths = (batch != 0).sum(axis=1)
         width = batch.shape[1]
         if not lengths.all() or not np.array_equal(batch != 0, np.arange(width)[None, :] >= (width - lengths)[:, None]):
@@ -178,17 +184,28 @@ class TableEngine(Engine):
                 full[rows] = p
         return result
 
+    def _full_width(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[1] == self.ctx.maxlen:
+            return batch
+        full = np.zeros((len(batch), self.ctx.maxlen), batch.dtype)
+        full[:, :batch.shape[1]] = batch
+        return full
+
     def _prefix_chunk(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-        """Left-aligned real tokens, from the states after each document's padding prefix; the
-        width is the chunk's longest document rounded up to 8 (few distinct shapes to compile)."""
-        width = batch.shape[1]
-        steps = min(-(-int(lengths.max()) // 8) * 8, width)
-        skip = width - lengths
-        left = np.zeros((len(batch), steps), batch.dtype)
-        left[np.arange(steps)[None, :] < lengths[:, None]] = batch[batch != 0]
-        out = as_arrays(self._fn_prefix(left, *[t[skip] for t in self.tables]))
+        """Left-aligned real tokens, from the states after each document's padding prefix, for as
+        many steps as the chunk's longest document. A short chunk is topped up with empty rows to
+        ``PREFIX_CHUNK`` so that every chunk has the one compiled shape."""
+        n, width = len(batch), batch.shape[1]
+        rows = max(n, PREFIX_CHUNK)
+        skip = np.full(rows, width)
+        skip[:n] = width - lengths
+        left = np.zeros((rows, width), batch.dtype)
+        left[:n][np.arange(width)[None, :] < lengths[:, None]] = batch[batch != 0]
+        out = as_arrays(self._fn_prefix(left, np.int32(lengths.max()), *[t[skip] for t in self.tables]))
+        out = [o[:n] for o in out]
         if not self.sequence:
             return out
+        skip = skip[:n]
         y = out[0]
         source = np.arange(width)[None, :] - skip[:, None]
         full = np.empty((len(batch), width, y.shape[-1]), np.float32)
