@@ -318,3 +318,16 @@ def test_projection_table_declines_stacks_and_bidirectional_targets(kind):
     from beam_pipeline.engines.table import TableEngine
 
     assert "between the Embedding and the target" in TableEngine.why_not(ctx)
+
+
+@pytest.mark.parametrize("mask_zero", [True, False])
+def test_projection_table_tops_up_a_short_batch_to_the_compiled_row_count(mask_zero):
+    model = _model(TABLE_ACCEPTED["lstm"], mask_zero=mask_zero)
+    embedder = Embedder(model, "target", "sequence", MAXLEN, padding="post", engine="table")
+    embedder.embed(_sequences(1))
+    short = _sequences(7, n=5)
+    out = embedder.embed(short)
+    assert embedder.engine._rows == 37
+    ref = helpers.reference(model, "target", "sequence", keras.utils.pad_sequences(short, MAXLEN, padding="post"))[0]
+    np.testing.assert_allclose(out.columns["vectors"], np.concatenate([r[:len(s)] for r, s in zip(ref, short)]),
+                               atol=1e-5, rtol=0)

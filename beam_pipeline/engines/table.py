@@ -79,6 +79,7 @@ class TableEngine(Engine):
                                input_signature=[ids_spec, steps_spec], jit_compile=True)
         # Unmasked, padded "pre": every document starts from the states its padding prefix reaches.
         self.prefix = not self.masked and ctx.padding == "pre"
+        self._rows = 0
         if self.prefix:
             n_states = 2 if self.kind == "LSTM" else 1
             state_spec = tf.TensorSpec([None, units], tf.float32)
@@ -164,8 +165,12 @@ class TableEngine(Engine):
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         if not self.prefix:
-            width = batch.shape[1]
-            out = as_arrays(self._fn(self._full_width(batch), np.int32(width)))
+            n, width = batch.shape
+            self._rows = max(self._rows, n)  # a short batch (a bundle's last) is topped up: no new compile
+            ids = self._full_width(batch)
+            if n < self._rows:
+                ids = np.concatenate([ids, np.zeros((self._rows - n, ids.shape[1]), ids.dtype)])
+            out = [o[:n] for o in as_arrays(self._fn(ids, np.int32(width)))]
             return [out[0][:, :width]] if self.sequence else out
         lengths = (batch != 0).sum(axis=1)
         width = batch.shape[1]
