@@ -19,8 +19,6 @@ exact op for, ``go_backwards``, one-hot or text inputs, other layers between) is
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from beam_pipeline.engines import Context, Engine
@@ -347,7 +345,6 @@ class OnnxEngine(Engine):
         onnx.checker.check_model(proto)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = int(os.environ.get("EMBED_ORT_THREADS", "0"))
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return session, list(rename.values())
 
