@@ -209,6 +209,13 @@ class Embedder:
                        for j, name in enumerate(self.column_names)}
         return EmbeddedBatch(lengths, columns, offsets, padded_timesteps, seconds, windows)
 
+    def _one_hot_numpy(self, batch: np.ndarray) -> np.ndarray:
+        if not self.one_hot_depth:
+            return batch
+        eye = np.eye(self.one_hot_depth, dtype=self.model_dtype)
+        eye[0] = 0
+        return eye[batch]
+
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Runs a padded batch on the engine, chosen (verified and timed) on the first batch."""
         if self.engine is None:
