@@ -8,6 +8,8 @@ Pins, and why:
 - numpy < 3 and pyarrow: what TF 2.21 and Beam 2.77 accept together.
 - h5py: reading (and patching) legacy tf.keras .h5 files.
 - tf-keras 2.21 (the tf.keras of TF 2.21): reads tf.keras SavedModel folders, which Keras 3 cannot load.
+- onnx 1.2x and onnxruntime 1.2x/1.3x: the ONNX Runtime inference engine (graph built from the layer
+  weights, opset 17); tested with onnx 1.23 and onnxruntime 1.32.
 """
 
 from setuptools import find_packages, setup
@@ -27,6 +29,8 @@ setup(
         "google-cloud-storage>=2.18,<4",
         "h5py>=3.10",
         "tf-keras>=2.21,<2.22",
+        "onnx>=1.16,<2",
+        "onnxruntime>=1.18,<2",
     ],
     extras_require={
         "test": [

@@ -30,16 +30,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beam_pipeline import recurrent
+from beam_pipeline import engines, recurrent
 
 LOG = logging.getLogger(__name__)
 
 WIDTH_STEP = 8  # trimmed batches are padded to a multiple of this many timesteps
-# XLA compiles once per batch shape (about 0.3-0.5 s on the CPU) and then runs about twice as fast.
-# Ski rental: a shape stays on the graph function until the time spent on it there reaches this
-# budget, then it is compiled. Shapes that keep coming back (fixed maxlen batches, common lengths
-# in a large corpus) end up compiled; rare ones never pay for a compile.
-XLA_COMPILE_BUDGET_S = 0.5
 
 
 @dataclass
@@ -99,11 +94,7 @@ def kernel_path(info: recurrent.LayerInfo, layer, device: str) -> str:
     return "gpu (cuDNN kernel, right-padded masks)"
 
 
-def _as_arrays(outputs) -> list[np.ndarray]:
-    """A model's outputs as a list of NumPy arrays (a one-output model returns a bare tensor)."""
-    if isinstance(outputs, (list, tuple)):
-        return [np.asarray(t) for t in outputs]
-    return [np.asarray(outputs)]
+_as_arrays = engines.as_arrays
 
 
 class Embedder:
@@ -121,6 +112,7 @@ class Embedder:
         device: str = "cpu",
         jit: bool = True,
         long_docs: str = "truncate",
+        engine: str = "auto",
     ):
         self.model_for_windows = model
         self.layer = recurrent.find_layer(model, layer_spec)
@@ -150,43 +142,23 @@ class Embedder:
                                      and getattr(self.layer, "go_backwards", False))
         self.vectorizer = recurrent.text_vectorization(model) if self.text_input else None
         self._empty_value: list[np.ndarray] | None = None
-        # XLA on the CPU only: on a GPU the cuDNN kernel is the fast path, and XLA would lose it.
-        self.jit = bool(jit and device == "cpu" and not self.text_input)  # XLA has no string ops
-        self._graph_seconds: dict[tuple[int, int], float] = {}
         self.carry = long_docs == "carry"
         if self.carry:
             self.trim = False  # every window is maxlen wide; the states carry the document across them
             self._window_fn, self._state_sizes, self._n_target = self._compile_window()
-        self._graph_fn, self._xla_fn = self._compile()
-        self.kernel = kernel_path(self.info, self.layer, device) + (", XLA-compiled for repeated shapes" if self.jit
-                                                                    else "")
+        # The engine (keras graph, XLA, ONNX Runtime) is chosen on the first batch: see engines.choose.
+        self.engine_context = engines.Context(
+            model=model, layer=self.layer, info=self.info, mode=mode, maxlen=maxlen, padding=padding, device=device,
+            input_dtype=self.input_dtype, model_dtype=self.model_dtype, one_hot_depth=self.one_hot_depth,
+            text_input=self.text_input, input_shape=self.input_shape, jit=bool(jit), submodel=self.submodel)
+        self.engine_request = engine
+        self.engine: engines.Engine | None = None
+        self.engine_report: dict = {}
+        self.kernel = kernel_path(self.info, self.layer, device)
         LOG.info(
-            "embedding layer %s (%s) mode=%s masked=%s length_bucketing=%s kernel path: %s",
-            self.info.name, self.info.class_name, mode, self.info.masked, self.trim, self.kernel,
+            "embedding layer %s (%s) mode=%s masked=%s length_bucketing=%s kernel path: %s; engine %s",
+            self.info.name, self.info.class_name, mode, self.info.masked, self.trim, self.kernel, engine,
         )
-
-    def _compile(self):
-        """(graph function, XLA function or None), each traced once for any batch shape."""
-        import keras
-
-        if keras.backend.backend() != "tensorflow":
-            return lambda x: self.submodel.predict_on_batch(self._one_hot_numpy(x)), None
-        import tensorflow as tf
-
-        if self.text_input:
-            spec = [tf.TensorSpec([None, *self.input_shape], tf.string)]
-        else:
-            spec = [tf.TensorSpec([None, None], tf.dtypes.as_dtype(self.input_dtype))]
-
-        def call(x):
-            if self.one_hot_depth:
-                real = tf.cast(tf.not_equal(x, 0), self.model_dtype)[..., None]
-                x = tf.one_hot(x, self.one_hot_depth, dtype=self.model_dtype) * real
-            return self.submodel(x, training=False)
-
-        graph = tf.function(call, input_signature=spec, reduce_retracing=True)
-        xla = tf.function(call, input_signature=spec, jit_compile=True) if self.jit else None
-        return graph, xla
 
     def _compile_window(self):
         """The one-window step of ``--long_docs carry`` as a traced function of (ids, *states)."""
@@ -261,17 +233,12 @@ class Embedder:
         return eye[batch]
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Runs a padded batch on the graph function, or on the XLA one once its shape has spent
-        ``XLA_COMPILE_BUDGET_S`` on the graph function."""
-        if self._xla_fn is None:
-            return _as_arrays(self._graph_fn(batch))
-        spent = self._graph_seconds.get(batch.shape, 0.0)
-        if spent >= XLA_COMPILE_BUDGET_S:
-            return _as_arrays(self._xla_fn(batch))
-        start = time.perf_counter()
-        outputs = _as_arrays(self._graph_fn(batch))
-        self._graph_seconds[batch.shape] = spent + time.perf_counter() - start
-        return outputs
+        """Runs a padded batch on the engine, chosen (verified and timed) on the first batch."""
+        if self.engine is None:
+            compare = (batch != 0) if (self.mode == "sequence" and not self.text_input) else None
+            choice = engines.choose(self.engine_context, self.engine_request, batch, compare)
+            self.engine, self.engine_report = choice.engine, choice.report
+        return self.engine.run(batch)
 
     def pad(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(padded batch, lengths, boolean mask of real-token positions) for truncated sequences."""

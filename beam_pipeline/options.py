@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import __version__, files, recurrent
+from beam_pipeline import __version__, engines, files, recurrent
 from beam_pipeline.model.checks import UnreadableModel
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
@@ -103,7 +103,10 @@ class EmbeddingOptions(PipelineOptions):
         group.add_argument("--length_bucketing", default="auto", choices=("auto", "off"),
                            help="auto: for masked models, sort by length and pad each batch to its longest.")
         group.add_argument("--jit", default="auto", choices=("auto", "off"),
-                           help="auto: on the CPU, XLA-compile the sub-model for batch shapes that repeat.")
+                           help="auto: on the CPU, let --engine auto try XLA; off: never.")
+        group.add_argument("--engine", default="auto", choices=engines.CHOICES,
+                           help="auto: on the first batch, every engine that can run the model exactly is checked "
+                                "against the Keras graph and timed; the fastest is kept. Or force one.")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -212,6 +215,7 @@ class JobConfig:
     model_sha256: str = ""
     model_origin: dict = field(default_factory=dict)  # model.Provenance.to_dict(): framework, format, translations
     tokenizer_sha256: str | None = None
+    engine: str = "auto"
 
     @property
     def columns(self) -> list[tuple[str, int]]:
@@ -243,6 +247,8 @@ class JobConfig:
             "long_docs": self.long_docs,
             "tokenizer": self.tokenizer,
             "tokenizer_sha256": self.tokenizer_sha256,
+            "engine": self.engine,
+            "engine_tolerance": engines.TOLERANCE,
         }
 
 
@@ -384,6 +390,16 @@ def resolve(options: PipelineOptions) -> JobConfig:
         tokenizer_sha, depth = _check_tokenizer(o, model, layer)
     padding, truncating = _check_sides(o, info.masked, recurrent.takes_text(model))
 
+    if o.engine not in ("auto", "keras"):
+        if o.long_docs == "carry":
+            raise ConfigError(f"--long_docs carry runs the Keras graph window by window; drop --engine {o.engine}")
+        ctx = engines.context_for(model, layer, o.mode, maxlen, o.padding, "gpu" if o.device == "gpu" else "cpu",
+                                  o.jit == "auto")
+        reason = engines.registry()[o.engine].why_not(ctx)
+        if reason:
+            raise ConfigError(f"--engine {o.engine} cannot run layer {info.name!r} exactly: {reason}. "
+                              "Use --engine auto (or keras).")
+
     layer_info = {
         **asdict(info),
         "input": "text" if recurrent.takes_text(model) else ("one_hot" if depth else "token_ids"),
@@ -416,4 +432,5 @@ def resolve(options: PipelineOptions) -> JobConfig:
         model_sha256=files.sha256_of_file_or_folder(o.model),
         model_origin=loaded.provenance.to_dict(),
         tokenizer_sha256=tokenizer_sha,
+        engine=o.engine,
     )

@@ -2,6 +2,8 @@
 
 ``python -m bench.bench [--docs N] [--model lstm|masked-lstm|bilstm|all] [--out bench/results/NAME.json]``
 
+``python -m bench.bench --engines [--quick]`` runs the engine benchmark instead (``bench/engines.py``).
+
 One invocation builds one corpus, one tokenizer and the requested models, then runs every variant
 on them, each in its own child process (``python -m bench.bench --child ...``), so that the peak
 RSS of each variant is its own (read with ``os.wait4`` from the child's rusage) while all ratios
@@ -601,6 +603,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Runs per variant; the fastest is kept (default 1: one run of each).")
     parser.add_argument("--job-args", default="",
                         help="Extra flags for the job in (c), e.g. --job-args='--row_group_mb 8'.")
+    parser.add_argument("--engines", action="store_true",
+                        help="Run the engine benchmark instead (bench/engines.py): every engine and the job on the "
+                             "models of issue 11.")
+    parser.add_argument("--quick", action="store_true", help="With --engines: 3000 documents, the job on one model.")
     parser.add_argument("--keep", action="store_true", help="Keep the temp work dir (corpus, models, outputs).")
     # Internal: one variant in a child process.
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -646,6 +652,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(args)
+    if args.engines:
+        from bench import engines
+
+        out = args.out if args.out != os.path.join("bench", "results", "latest.json") else os.path.join(
+            "bench", "results", "engines-quick.json" if args.quick else "engines.json")
+        return engines.main(3000 if args.quick and args.docs == 20000 else args.docs, args.quick, out)
     from beam_pipeline.demo import fit_tokenizer_json
 
     names = list(MODELS) if args.model == "all" else [] if args.model == "none" else [args.model]

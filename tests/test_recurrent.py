@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 
-from beam_pipeline import inference
 from beam_pipeline.inference import WIDTH_STEP, Embedder
 from tests import helpers
 
@@ -97,20 +96,3 @@ def test_layer_trained_with_return_sequences_gives_its_final_vector():
                                                                                       name="lstm")(x)))
     _compare(model, "lstm", "final", _sequences(4), "post")
     _compare(model, "lstm", "states", _sequences(4), "post")
-
-
-@pytest.mark.parametrize("masked", [True, False])
-def test_xla_compiled_batches_equal_the_graph_function(masked, monkeypatch):
-    """A batch shape that keeps coming back switches to the XLA-compiled function; values must not move."""
-    monkeypatch.setattr(inference, "XLA_COMPILE_BUDGET_S", 1e-9)  # compile from the first repeat on
-    model = _model(lambda x: keras.layers.LSTM(5, name="lstm")(x), mask_zero=masked)
-    seqs = _sequences(5, n=16)
-    plain = Embedder(model, "lstm", "sequence", MAXLEN, jit=False).embed(seqs).columns["vectors"]
-    jitted = Embedder(model, "lstm", "sequence", MAXLEN, jit=True)
-    calls = []
-    original = jitted._xla_fn
-    jitted._xla_fn = lambda batch: calls.append(batch.shape) or original(batch)
-    runs = [jitted.embed(seqs).columns["vectors"] for _ in range(3)]
-    assert len(calls) == 2, "the first batch of a shape runs on the graph function, the repeats on XLA"
-    for out in runs:
-        np.testing.assert_allclose(out, plain, atol=1e-5, rtol=0)

@@ -56,11 +56,13 @@ class RecurrentModelHandler(ModelHandler):
             device=device,
             jit=self.config.jit,
             long_docs=self.config.long_docs,
+            engine=self.config.engine,
         )
 
     def run_inference(self, batch: Sequence[list[int]], model, inference_args=None) -> Iterable[tuple]:
         out = model.embed(batch)
         Metrics.counter(NAMESPACE, "batches").inc()
+        Metrics.counter(NAMESPACE, f"batches_{model.engine.name if model.engine else 'keras'}").inc()
         Metrics.counter(NAMESPACE, "tokens").inc(int(out.lengths.sum()))
         Metrics.counter(NAMESPACE, "padded_timesteps").inc(out.padded_timesteps)
         Metrics.distribution(NAMESPACE, "inference_ms").update(int(out.seconds * 1000))
