@@ -60,6 +60,21 @@ class Context:
     extra: dict = field(default_factory=dict)  # shared between engines (the graph function)
 
 
+def in_length_sorted_chunks(batch: np.ndarray, lengths: np.ndarray, chunk: int, read) -> list[np.ndarray]:
+    """Runs ``read(rows of batch, their lengths)`` over the documents sorted by length, ``chunk`` at a
+    time, and puts each output row back in the batch's order."""
+    order = np.argsort(lengths, kind="stable")
+    result: list[np.ndarray] | None = None
+    for start in range(0, len(order), chunk):
+        rows = order[start:start + chunk]
+        part = read(batch[rows], lengths[rows])
+        if result is None:
+            result = [np.empty((len(batch), *p.shape[1:]), np.float32) for p in part]
+        for full, p in zip(result, part):
+            full[rows] = p
+    return result
+
+
 def as_arrays(outputs) -> list[np.ndarray]:
     """A model's outputs as a list of NumPy arrays (a one-output model returns a bare tensor)."""
     if isinstance(outputs, (list, tuple)):

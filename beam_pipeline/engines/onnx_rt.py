@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from beam_pipeline.engines import Context, Engine
+from beam_pipeline.engines import Context, Engine, in_length_sorted_chunks
 
 OPSET = 17
 PREFIX_CHUNK = 128  # documents read together from their padding-prefix states, sorted by length
@@ -404,16 +404,7 @@ class OnnxEngine(Engine):
     def _run_from_prefix(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         """Documents sorted by length and read in chunks of ``PREFIX_CHUNK``, each chunk only as
         wide as its longest document: the real tokens, from the states their padding reaches."""
-        order = np.argsort(lengths, kind="stable")
-        result: list[np.ndarray] | None = None
-        for start in range(0, len(order), PREFIX_CHUNK):
-            rows = order[start:start + PREFIX_CHUNK]
-            part = self._prefix_chunk(batch[rows], lengths[rows])
-            if result is None:
-                result = [np.empty((len(batch), *p.shape[1:]), np.float32) for p in part]
-            for full, p in zip(result, part):
-                full[rows] = p
-        return result
+        return in_length_sorted_chunks(batch, lengths, PREFIX_CHUNK, self._prefix_chunk)
 
     def _prefix_chunk(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         width = batch.shape[1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from beam_pipeline.engines import Context, Engine, as_arrays
+from beam_pipeline.engines import Context, Engine, as_arrays, in_length_sorted_chunks
 from beam_pipeline.engines.onnx_rt import _IDENTITY, PREFIX_CHUNK, _numpy, _rnn_kind, chain_of
 
 
@@ -178,16 +178,7 @@ class TableEngine(Engine):
             from beam_pipeline.engines.keras_graph import KerasEngine
 
             return KerasEngine(self.ctx).run(batch)  # an empty row or an id 0 among the tokens
-        order = np.argsort(lengths, kind="stable")
-        result: list[np.ndarray] | None = None
-        for start in range(0, len(order), PREFIX_CHUNK):
-            rows = order[start:start + PREFIX_CHUNK]
-            part = self._prefix_chunk(batch[rows], lengths[rows])
-            if result is None:
-                result = [np.empty((len(batch), *p.shape[1:]), np.float32) for p in part]
-            for full, p in zip(result, part):
-                full[rows] = p
-        return result
+        return in_length_sorted_chunks(batch, lengths, PREFIX_CHUNK, self._prefix_chunk)
 
     def _full_width(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape[1] == self.ctx.maxlen:
