@@ -96,6 +96,11 @@ def kernel_path(info: recurrent.LayerInfo, layer, device: str) -> str:
 
 _as_arrays = engines.as_arrays
 
+# --engine auto: calibrating costs seconds (an ONNX graph built, XLA and table loops compiled, each
+# engine run and timed), which a small job never earns back. The Keras graph runs first; once it has
+# spent this long on a worker's batches, the next batch calibrates (a steady-state batch, too).
+CALIBRATE_AFTER_S = 2.0
+
 
 class Embedder:
     """The loaded sub-model plus the padding rules; ``embed`` turns token-id lists into vectors."""
@@ -146,7 +151,8 @@ class Embedder:
         if self.carry:
             self.trim = False  # every window is maxlen wide; the states carry the document across them
             self._window_fn, self._state_sizes, self._n_target = self._compile_window()
-        # The engine (keras graph, XLA, ONNX Runtime) is chosen on the first batch: see engines.choose.
+        # The engine (keras graph, XLA, ONNX Runtime, table) is chosen by engines.choose: a forced one on
+        # the first batch; with auto, once the Keras graph has run CALIBRATE_AFTER_S (see _run).
         self.engine_context = engines.Context(
             model=model, layer=self.layer, info=self.info, mode=mode, maxlen=maxlen, padding=padding, device=device,
             input_dtype=self.input_dtype, model_dtype=self.model_dtype, one_hot_depth=self.one_hot_depth,
@@ -154,6 +160,8 @@ class Embedder:
         self.engine_request = engine
         self.engine: engines.Engine | None = None
         self.engine_report: dict = {}
+        self.calibrate_after_s = CALIBRATE_AFTER_S
+        self._keras_seconds = 0.0
         self.kernel = kernel_path(self.info, self.layer, device)
         LOG.info(
             "embedding layer %s (%s) mode=%s masked=%s length_bucketing=%s kernel path: %s; engine %s",
@@ -233,7 +241,14 @@ class Embedder:
         return eye[batch]
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Runs a padded batch on the engine, chosen (verified and timed) on the first batch."""
+        """Runs a padded batch on the engine. A forced engine is built and verified on the first batch.
+        With ``auto``, batches run on the Keras graph until it has spent ``calibrate_after_s`` on them;
+        the next batch then verifies and times every eligible engine (``engines.choose``)."""
+        if self.engine is None and self.engine_request == "auto" and self._keras_seconds < self.calibrate_after_s:
+            start = time.perf_counter()
+            outputs = engines.registry()["keras"](self.engine_context).run(batch)
+            self._keras_seconds += time.perf_counter() - start
+            return outputs
         if self.engine is None:
             compare = (batch != 0) if (self.mode == "sequence" and not self.text_input) else None
             choice = engines.choose(self.engine_context, self.engine_request, batch, compare)

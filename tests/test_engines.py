@@ -22,6 +22,14 @@ MAXLEN = 14
 L = keras.layers
 
 
+@pytest.fixture(autouse=True)
+def calibrate_on_the_first_batch(monkeypatch):
+    """These tests look at the calibration itself: it happens on the first batch here."""
+    from beam_pipeline import inference
+
+    monkeypatch.setattr(inference, "CALIBRATE_AFTER_S", 0.0)
+
+
 def _sequences(seed: int, n: int = 37, vocab: int = 50) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(1, vocab, size=int(rng.integers(1, MAXLEN + 1))).tolist() for _ in range(n)]
@@ -204,6 +212,26 @@ def test_an_engine_that_differs_from_keras_is_dropped_at_calibration(monkeypatch
     assert any("dropped" in r.message for r in caplog.records)
     with pytest.raises(engines.EngineError, match="differs"):
         Embedder(model, "target", "final", MAXLEN, padding="post", engine="onnx").embed(_sequences(3))
+
+
+def test_auto_runs_the_keras_graph_until_calibration_can_pay_off(monkeypatch):
+    """A small job never pays for calibration: batches run on the Keras graph until it has spent
+    CALIBRATE_AFTER_S on them; the next batch calibrates, and the values never move."""
+    from beam_pipeline import inference
+
+    monkeypatch.setattr(inference, "CALIBRATE_AFTER_S", 3600.0)
+    model = _model(ACCEPTED["lstm"])
+    seqs = _sequences(7)
+    embedder = Embedder(model, "target", "final", MAXLEN, padding="post")
+    first = embedder.embed(seqs).columns["vector"]
+    assert embedder.engine is None and embedder.engine_report == {}, "no calibration in a small job"
+    assert embedder._keras_seconds > 0
+    embedder.calibrate_after_s = embedder._keras_seconds  # the graph has now run long enough
+    second = embedder.embed(seqs).columns["vector"]
+    assert embedder.engine is not None and "keras" in embedder.engine_report
+    want = helpers.reference(model, "target", "final", keras.utils.pad_sequences(seqs, maxlen=MAXLEN, padding="post"))
+    np.testing.assert_allclose(first, want[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(second, want[0], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("slowest", ["xla", "onnx", "keras"])

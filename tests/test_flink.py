@@ -20,7 +20,8 @@ from tests import helpers
 JOB_FLAGS = ["--padding", "post", "--truncating", "post", "--batch_size", "32"]
 BAD_LINES = ['{"id": "broken", "text": ', '{"text": "no id here"}', '{"id": "blank", "text": "   "}',
              '{"id": "punct", "text": "!!! ... ???"}']
-EXPECTED_DEAD = {"invalid_json", "missing_id", "empty_document", "no_tokens"}
+EXPECTED_DEAD = {"invalid_json", "missing_id"}
+NO_TOKEN = {"blank", "punct"}  # documents with no token: rows with num_tokens = 0, not dead letters
 
 
 def _rows(prefix: str) -> dict:
@@ -54,7 +55,8 @@ def _assert_same_rows(got: dict, want: dict) -> None:
 @pytest.fixture(scope="module")
 def flink_corpus(tmp_path_factory):
     """The demo corpus in 4 files (so the read splits over several subtasks) plus lines the job must
-    dead-letter: broken JSON, a record without id, a blank text, a text with no token."""
+    dead-letter (broken JSON, a record without id) and documents with no token (a blank text, a text
+    of punctuation only), which get rows with ``num_tokens = 0``."""
     from beam_pipeline.demo import sample_corpus
 
     folder = tmp_path_factory.mktemp("flink_corpus")
@@ -90,13 +92,15 @@ def test_flink_cluster_writes_the_direct_runners_rows_and_dead_letters(
     direct = helpers.run_job([*base, "--output", tmp_path / "direct" / "emb"])
     flink = helpers.run_job([*base, "--output", tmp_path / "flink" / "emb", *flink_cluster.runner_args()])
 
-    _assert_same_rows(_rows(str(tmp_path / "flink" / "emb")), _rows(str(tmp_path / "direct" / "emb")))
+    rows = _rows(str(tmp_path / "flink" / "emb"))
+    _assert_same_rows(rows, _rows(str(tmp_path / "direct" / "emb")))
+    assert all(rows[i][-1] == 0 for i in NO_TOKEN), "documents with no token are rows with num_tokens = 0"
     assert _dead_letters(str(tmp_path / "flink" / "emb")) == _dead_letters(str(tmp_path / "direct" / "emb"))
     assert {r for _, _, r in _dead_letters(str(tmp_path / "flink" / "emb"))} == EXPECTED_DEAD
     for key in ("read", "embedded", "dead_lettered", "errors_by_reason", "accounted"):
         assert flink[key] == direct[key], key
     assert flink["accounted"] and flink["read"] == flink["embedded"] + flink["dead_lettered"]
-    assert flink["embedded"] == len(docs)  # the bad lines are all dead letters
+    assert flink["embedded"] == len(docs) + len(NO_TOKEN)  # the malformed lines are the dead letters
     # it ran on the cluster: the latest finished job there read the corpus in parallel subtasks
     job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
     assert job["state"] == "FINISHED"
