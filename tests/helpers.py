@@ -153,3 +153,24 @@ def in_document_order(sequence: np.ndarray, go_backwards: bool) -> np.ndarray:
     layer returns its outputs in reading order (last input first), so they are reversed; vector k
     is then the output right after the layer read input position k."""
     return sequence[:, ::-1] if go_backwards else sequence
+
+
+def assert_embedded_equals_keras(out, model, layer: str, mode: str, seqs: list[list[int]], padding: str,
+                                 maxlen: int) -> None:
+    """The columns of an ``EmbeddedBatch`` equal Keras' own clone of the layer (``reference``) on the
+    sequences padded with ``pad_sequences``, to 1e-5; ``sequence``: the real-token positions only."""
+    import keras
+
+    padded = keras.utils.pad_sequences(seqs, maxlen=maxlen, padding=padding)
+    ref = reference(model, layer, mode, padded)
+    if mode in ("final", "sequence") and len(ref) == 2:  # merge_mode=None: the two directions, concatenated
+        ref = [np.concatenate(ref, axis=-1)]
+    columns = list(out.columns.values())
+    if mode == "sequence":
+        want = np.concatenate([ref[0][i][real_positions(None, len(s), padding, maxlen)] for i, s in enumerate(seqs)])
+        np.testing.assert_allclose(columns[0], want, atol=1e-5, rtol=0)
+        assert out.offsets[-1] == sum(map(len, seqs))
+    else:
+        assert len(columns) == len(ref)
+        for got, want in zip(columns, ref):
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

@@ -53,19 +53,7 @@ def _check(model, mode, padding, engine="onnx", layer="target", seqs=None):
     embedder = Embedder(model, layer, mode, MAXLEN, padding=padding, engine=engine)
     out = embedder.embed(seqs)
     assert embedder.engine.name == engine
-    padded = keras.utils.pad_sequences(seqs, maxlen=MAXLEN, padding=padding)
-    ref = helpers.reference(model, layer, mode, padded)
-    if mode in ("final", "sequence") and len(ref) == 2:  # merge_mode=None: the two directions, concatenated
-        ref = [np.concatenate(ref, axis=-1)]
-    columns = list(out.columns.values())
-    if mode == "sequence":
-        want = np.concatenate([ref[0][i][helpers.real_positions(None, len(s), padding, MAXLEN)]
-                               for i, s in enumerate(seqs)])
-        np.testing.assert_allclose(columns[0], want, atol=1e-5, rtol=0)
-    else:
-        assert len(columns) == len(ref)
-        for got, want in zip(columns, ref):
-            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    helpers.assert_embedded_equals_keras(out, model, layer, mode, seqs, padding, MAXLEN)
     return embedder
 
 

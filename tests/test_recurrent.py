@@ -31,20 +31,7 @@ def _model(recurrent_layer, mask_zero=True, seed=0):
 def _compare(model, layer, mode, seqs, padding, length_bucketing=True):
     embedder = Embedder(model, layer, mode, MAXLEN, padding=padding, length_bucketing=length_bucketing)
     out = embedder.embed(seqs)
-    padded = keras.utils.pad_sequences(seqs, maxlen=MAXLEN, padding=padding)
-    ref = helpers.reference(model, layer, mode, padded)
-    if mode in ("final", "sequence") and len(ref) == 2:  # merge_mode=None: the two directions, concatenated
-        ref = [np.concatenate(ref, axis=-1)]
-    columns = list(out.columns.values())
-    if mode == "sequence":
-        want = np.concatenate([ref[0][i][helpers.real_positions(None, len(s), padding, MAXLEN)]
-                               for i, s in enumerate(seqs)])
-        np.testing.assert_allclose(columns[0], want, atol=1e-5, rtol=0)
-        assert out.offsets[-1] == sum(map(len, seqs))
-    else:
-        assert len(columns) == len(ref)
-        for got, want in zip(columns, ref):
-            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    helpers.assert_embedded_equals_keras(out, model, layer, mode, seqs, padding, MAXLEN)
     return embedder, out
 
 
