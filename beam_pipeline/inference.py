@@ -162,6 +162,7 @@ class Embedder:
         self.engine_report: dict = {}
         self.calibrate_after_s = CALIBRATE_AFTER_S
         self._keras_seconds = 0.0
+        self._keras_engine: engines.Engine | None = None  # auto, before calibration
         self.kernel = kernel_path(self.info, self.layer, device)
         LOG.info(
             "embedding layer %s (%s) mode=%s masked=%s length_bucketing=%s kernel path: %s; engine %s",
@@ -246,7 +247,9 @@ class Embedder:
         the next batch then verifies and times every eligible engine (``engines.choose``)."""
         if self.engine is None and self.engine_request == "auto" and self._keras_seconds < self.calibrate_after_s:
             start = time.perf_counter()
-            outputs = engines.registry()["keras"](self.engine_context).run(batch)
+            if self._keras_engine is None:
+                self._keras_engine = engines.registry()["keras"](self.engine_context)
+            outputs = self._keras_engine.run(batch)
             self._keras_seconds += time.perf_counter() - start
             return outputs
         if self.engine is None:

@@ -55,28 +55,29 @@ def _table(schema, ids) -> pa.Table:
     return pa.table({"doc_id": ids, "num_tokens": [1] * len(ids)}, schema=schema)
 
 
+def _write_shards(sink, schema, name: str, n: int):
+    """(init result, writer results) of ``n`` writers of ``sink``, each writing one row ``name-i``."""
+    init = sink.initialize_write()
+    results = []
+    for i in range(n):
+        writer = sink.open_writer(init, f"{name}{i}")
+        writer.write(_table(schema, [f"{name}-{i}"]))
+        results.append(writer.close())
+    return init, results
+
+
 def test_previous_runs_shards_are_removed_before_this_runs_are_renamed_into_place(tmp_path):
     """Beam's finalize of the real sink, stopped where a kill could land: between the check and
     the renames, the old -of-00002 shards are already gone and no -of-00005 shard is there yet."""
     schema = pa.schema([("doc_id", pa.string()), ("num_tokens", pa.int32())])
     prefix = str(tmp_path / "emb")
     old = ParquetShards(prefix, schema, "none", 2)
-    init = old.initialize_write()
-    results = []
-    for i in range(2):
-        writer = old.open_writer(init, f"old{i}")
-        writer.write(_table(schema, [f"old-{i}"]))
-        results.append(writer.close())
+    init, results = _write_shards(old, schema, "old", 2)
     list(old.finalize_write(init, results, None))
     assert [os.path.basename(p) for p in _shards(prefix)] == ["emb-00000-of-00002.parquet",
                                                               "emb-00001-of-00002.parquet"]
     new = ParquetShards(prefix, schema, "none", 5)
-    init = new.initialize_write()
-    results = []
-    for i in range(5):
-        writer = new.open_writer(init, f"new{i}")
-        writer.write(_table(schema, [f"new-{i}"]))
-        results.append(writer.close())
+    init, results = _write_shards(new, schema, "new", 5)
     src, dst, _, _ = new._check_state_for_finalize_write(sorted(results), 5)
     assert _shards(prefix) == [], "the previous run's shards go before any of this run's is renamed"
     assert len(src) == len(dst) == 5
