@@ -106,6 +106,21 @@ def test_plain_text_ids_are_file_name_and_line_number(small_job, tmp_path):
     assert sorted(table.column("doc_id").to_pylist()) == ["lines.txt:1", "lines.txt:2", "lines.txt:3"]
 
 
+@pytest.mark.parametrize("data", [b"a\nb", b"\na", b"a\n\n", b"\xef\xbb\xbfa\nb"])
+def test_files_of_a_few_bytes_are_split_into_lines_too(tmp_path, data):
+    # The reader reads the first 3 bytes apart (a byte-order mark?): a file no longer than that
+    # was once given as one line, "a\nb" as one document instead of two.
+    path = tmp_path / "tiny.txt"
+    path.write_bytes(data)
+    outputs = list(ReadRecords("id", "text").process(str(path)))
+    docs = [out for out in outputs[:-1] if isinstance(out, tuple)]
+    lines = data.removeprefix(b"\xef\xbb\xbf").decode().split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    assert [text for _, text in docs] == lines
+    assert [doc_id for doc_id, _ in docs] == [f"tiny.txt:{k}" for k in range(1, len(lines) + 1)]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=400), fmt=st.sampled_from(["txt", "jsonl", "csv"]))
 def test_reader_never_raises_on_arbitrary_bytes(tmp_path, data, fmt):

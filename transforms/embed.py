@@ -1,11 +1,21 @@
-"""Embed: ``(doc_id, ids)`` -> ``(doc_id, (num_tokens, arrays))`` through Beam's ``RunInference``.
+"""Embed: ``(doc_id, ids)`` -> one ``Rows`` per batch (ids, num_tokens, vectors in columns), and dead letters.
 
-``RecurrentModelHandler`` is a Beam ``ModelHandler``: ``load_model`` runs once per worker process
-(the model file is copied from gs:// if needed, loaded with Keras ``safe_mode``, truncated at the
-target layer and compiled once); ``run_inference`` pads a batch as the model needs and runs it.
-Every document gets a row: one with no token gets the model's value for padding alone
-(``Embedder.empty_value``), computed apart from the batch.
-``KeyedModelHandler`` carries the document ids through ``RunInference``'s own ``BatchElements``.
+``EmbedBatches`` batches the documents itself (``--batch_size``) and hands each full batch to the
+worker process's one inference thread, then goes on reading, tokenizing and writing while the batch
+runs: ONNX Runtime, TensorFlow and XLA release the GIL, so the model and the Python side of the job
+keep both cores busy. At most one batch runs while the next fills; its rows are emitted when the
+next one is handed over (``finish_bundle`` drains the rest), so memory stays bounded.
+
+The model is loaded once per worker process (``shared.Shared``: every DoFn instance of the process,
+every bundle, uses the same ``Embedder`` and thread): the model file is copied from gs:// if needed,
+loaded with Keras ``safe_mode``, truncated at the target layer, and its engine chosen (see
+``beam_pipeline.engines``). Every document gets a row: one with no token gets the model's value for
+padding alone (``Embedder.empty_value``), computed apart from the batch. A batch whose inference
+raises becomes one ``inference_failed`` dead letter per document.
+
+This replaces Beam's ``RunInference``, which runs each batch synchronously on the bundle's thread
+(the model and the Python stages took turns on one core) and pickles every batch's keys to count
+their bytes (``KeyedModelHandler.get_num_bytes``, ~3 µs per document).
 
 For masked models, ``SortByLength`` first orders documents by length within a bounded buffer, so
 that each batch holds documents of similar length and is padded only to its own longest one.
@@ -16,77 +26,147 @@ the DirectRunner), and the length buckets of ``RunInference`` need ``max_batch_d
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils import shared
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_pipeline.options import JobConfig
-from transforms.errors import NAMESPACE, dead_letter
+from transforms.errors import ERRORS, NAMESPACE, dead_letter
+from transforms.write import Rows
 
 LOG = logging.getLogger(__name__)
+_IMPORTED = time.time()
 
 
-class RecurrentModelHandler(ModelHandler):
-    """Loads the truncated recurrent sub-model once per worker and embeds batches of token ids."""
+def process_age_s() -> float:
+    """Seconds since this process started (Linux: /proc; elsewhere since this module was imported)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time() - _IMPORTED
 
-    def __init__(self, config: JobConfig):
-        super().__init__(min_batch_size=config.batch_size, max_batch_size=config.batch_size)
+
+def load_embedder(config: JobConfig):
+    """The truncated sub-model of ``config.model`` wrapped in an ``Embedder`` (once per worker process)."""
+    from beam_pipeline import inference
+    from beam_pipeline.model import load_model
+
+    device = inference.configure_device(config.device)
+    model = load_model(config.model, unsafe_deserialization=config.unsafe_deserialization).model
+    # One line per load: the Flink test counts them per SDK worker process (pid).
+    LOG.info("model loaded in process %d: %s", os.getpid(), config.model)
+    return inference.Embedder(
+        model,
+        config.layer,
+        config.mode,
+        config.maxlen,
+        padding=config.padding,
+        truncating=config.truncating,
+        length_bucketing=config.length_bucketing,
+        device=device,
+        jit=config.jit,
+        long_docs=config.long_docs,
+        engine=config.engine,
+    )
+
+
+class _Worker:
+    """One per worker process: the Embedder and the single thread its batches run on (one batch at a
+    time per process, whatever number of DoFn instances Beam runs there)."""
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
+        self.lock = threading.Lock()
+        self.first_batch_logged = False
+
+    def run(self, seqs: list):
+        out = self.embedder.embed(seqs)
+        with self.lock:
+            if not self.first_batch_logged:
+                self.first_batch_logged = True
+                LOG.info("first batch embedded in process %d, %.2f s after the process started (%d documents)",
+                         os.getpid(), process_age_s(), len(seqs))
+        return out
+
+
+class EmbedBatches(beam.DoFn):
+    """Batches ``(doc_id, ids)`` and embeds each batch on the worker's inference thread while the
+    bundle goes on; outputs one ``Rows`` per batch, in order (tag ``errors``: dead letters)."""
+
+    def __init__(self, config: JobConfig, in_flight: int = 1):
         self.config = config
+        self.batch_size = config.batch_size
+        self.in_flight = in_flight
+        self._shared = shared.Shared()
 
-    def load_model(self):
-        from beam_pipeline import inference
-        from beam_pipeline.model import load_model
+    def setup(self):
+        self._worker = self._shared.acquire(lambda: _Worker(load_embedder(self.config)))
 
-        device = inference.configure_device(self.config.device)
-        model = load_model(self.config.model, unsafe_deserialization=self.config.unsafe_deserialization).model
-        # One line per load: the Flink test counts them per SDK worker process (pid).
-        LOG.info("model loaded in process %d: %s", os.getpid(), self.config.model)
-        return inference.Embedder(
-            model,
-            self.config.layer,
-            self.config.mode,
-            self.config.maxlen,
-            padding=self.config.padding,
-            truncating=self.config.truncating,
-            length_bucketing=self.config.length_bucketing,
-            device=device,
-            jit=self.config.jit,
-            long_docs=self.config.long_docs,
-            engine=self.config.engine,
-        )
+    def start_bundle(self):
+        self._ids: list = []
+        self._seqs: list = []
+        self._pending: collections.deque[tuple[list, Future]] = collections.deque()
 
-    def run_inference(self, batch: Sequence[list[int]], model, inference_args=None) -> Iterable[tuple]:
-        out = model.embed(batch)
+    def process(self, element):
+        doc_id, ids = element
+        self._ids.append(doc_id)
+        self._seqs.append(ids)
+        if len(self._seqs) >= self.batch_size:
+            done = self._pending.popleft() if len(self._pending) >= self.in_flight else None
+            if done is not None:
+                done[1].exception()  # wait for it before handing over the next batch
+            self._submit()
+            if done is not None:
+                yield from self._outputs(*done)
+
+    def finish_bundle(self):
+        if self._seqs:
+            self._submit()
+        window = GlobalWindow()
+        while self._pending:
+            for out in self._outputs(*self._pending.popleft()):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, window.max_timestamp(), [window]))
+                else:
+                    yield WindowedValue(out, window.max_timestamp(), [window])
+
+    def _submit(self):
+        ids, seqs, self._ids, self._seqs = self._ids, self._seqs, [], []
+        self._pending.append((list(zip(ids, seqs)), self._worker.pool.submit(self._worker.run, seqs)))
+
+    def _outputs(self, batch: list, future: Future):
+        try:
+            out = future.result()
+        except Exception as exception:  # the batch's documents become dead letters; the job goes on
+            Metrics.counter(NAMESPACE, "failed_batches").inc()
+            LOG.warning("inference failed on a batch of %d documents: %s", len(batch), exception)
+            for doc_id, ids in batch:
+                yield beam.pvalue.TaggedOutput(ERRORS, dead_letter(
+                    doc_id, "embed", "inference_failed",
+                    {"doc_id": doc_id, "input": ids if isinstance(ids, str) else list(ids)},
+                    f"{type(exception).__name__}: {exception}"))
+            return
+        embedder = self._worker.embedder
         Metrics.counter(NAMESPACE, "batches").inc()
-        Metrics.counter(NAMESPACE, f"batches_{model.engine.name if model.engine else 'keras'}").inc()
+        Metrics.counter(NAMESPACE, f"batches_{embedder.engine.name if embedder.engine else 'keras'}").inc()
         Metrics.counter(NAMESPACE, "tokens").inc(int(out.lengths.sum()))
         Metrics.counter(NAMESPACE, "padded_timesteps").inc(out.padded_timesteps)
         Metrics.distribution(NAMESPACE, "inference_ms").update(int(out.seconds * 1000))
-        columns = list(out.columns.values())
-        lengths = out.lengths.tolist()
-        windows = out.windows.tolist() if out.windows is not None else [None] * len(lengths)
-        return self._rows(out, columns, lengths, windows)
-
-    @staticmethod
-    def _rows(out, columns, lengths, windows) -> list[tuple]:
-        if out.offsets is not None:
-            flat = columns[0]
-            offsets = out.offsets.tolist()
-            return [(n, (flat[offsets[i]:offsets[i + 1]],), windows[i]) for i, n in enumerate(lengths)]
-        return [(n, tuple(col[i] for col in columns), windows[i]) for i, n in enumerate(lengths)]
-
-    def get_num_bytes(self, batch: Sequence[list[int]]) -> int:
-        return 4 * sum(len(ids) for ids in batch)
-
-    def get_metrics_namespace(self) -> str:
-        return NAMESPACE
-
-    def share_model_across_processes(self) -> bool:
-        return False
+        yield Rows([doc_id for doc_id, _ in batch], out.lengths, list(out.columns.values()), out.offsets, out.windows)
 
 
 class SortByLength(beam.DoFn):
@@ -118,9 +198,8 @@ class SortByLength(beam.DoFn):
 
 
 class Embed(beam.PTransform):
-    """``(doc_id, ids)`` -> ``(doc_id, (num_tokens, tuple of arrays, windows or None))``, arrays in
-    the order of the columns,
-    and the dead letters of batches whose inference failed."""
+    """``(doc_id, ids)`` -> ``Rows`` (one per batch, columns in the order of the job's columns), and
+    the dead letters of batches whose inference failed."""
 
     def __init__(self, config: JobConfig):
         super().__init__()
@@ -129,18 +208,5 @@ class Embed(beam.PTransform):
     def expand(self, docs):
         if self.config.length_bucketing:
             docs = docs | "SortByLength" >> beam.ParDo(SortByLength(32 * self.config.batch_size))
-        handler = KeyedModelHandler(RecurrentModelHandler(self.config))
-        embedded, failures = docs | "RunInference" >> RunInference(handler).with_exception_handling()
-        failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(_dead_letters_of_batch)
-        return embedded, failed
-
-
-def _dead_letters_of_batch(failure):
-    """One dead letter per document of a batch whose inference raised."""
-    batch, exception = failure
-    if isinstance(exception, tuple):  # (type, repr, traceback lines) as RunInference reports it
-        exception = exception[1]
-    detail = str(exception)
-    return [dead_letter(doc_id, "embed", "inference_failed",
-                        {"doc_id": doc_id, "input": ids if isinstance(ids, str) else list(ids)}, detail)
-            for doc_id, ids in batch]
+        out = docs | "EmbedBatches" >> beam.ParDo(EmbedBatches(self.config)).with_outputs(ERRORS, main="embedded")
+        return out.embedded, out[ERRORS]

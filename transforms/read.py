@@ -95,6 +95,9 @@ def _lines(f, counted: list[int] | None = None) -> Iterator[bytes]:
         parts = (tail + chunk).split(b"\n")
         tail = parts.pop()
         yield from parts
+    # A file of at most len(BOM) bytes never entered the loop: its lines are still to be split.
+    *parts, tail = tail.split(b"\n")
+    yield from parts
     if tail:
         yield tail
 

@@ -1,4 +1,4 @@
-"""Write: embedded documents -> Arrow tables of about one row group each -> sharded Parquet.
+"""Write: batches of embedded documents (``Rows``) -> Arrow tables of about one row group each -> sharded Parquet.
 
 Columns: ``doc_id`` (string), ``num_tokens`` (int32), then by mode ``vector``
 (``fixed_size_list<float>[D]``), ``vectors`` (``list<fixed_size_list<float>[D]>``, one vector per
@@ -11,6 +11,7 @@ temp directory and renames on success, so a killed run leaves no final shard beh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -125,10 +126,8 @@ class Progress:
         self.count = 0
         self.start = self.last = time.monotonic()
 
-    def tick(self) -> None:
-        self.count += 1
-        if self.count % 256:
-            return
+    def tick(self, documents: int = 1) -> None:
+        self.count += documents
         now = time.monotonic()
         if now - self.last >= self.every_s:
             self.last = now
@@ -140,53 +139,84 @@ class Progress:
             LOG.info(line)
 
 
-def rows_to_table(rows: list, arrow_schema: pa.Schema, mode: str) -> pa.Table:
-    """``[(doc_id, (num_tokens, arrays[, windows]))]`` -> one ``pa.Table`` of ``arrow_schema``."""
-    Metrics.counter(NAMESPACE, "embedded").inc(len(rows))
-    ids = pa.array([doc_id for doc_id, _ in rows], type=pa.string())
-    num_tokens = pa.array(np.fromiter((r[1][0] for r in rows), dtype=np.int32, count=len(rows)))
+@dataclasses.dataclass
+class Rows:
+    """Embedded documents in columns, one batch of them: what the embed stage emits (one element per
+    batch, not per document) and the writer turns into Arrow tables without touching single rows.
+
+    ``columns``: per embedding column a ``(B, D)`` array, or for ``sequence`` one flat
+    ``(sum(num_tokens), D)`` array whose rows ``offsets`` (``B + 1``) delimit per document."""
+
+    ids: list
+    num_tokens: np.ndarray
+    columns: list
+    offsets: np.ndarray | None = None
+    windows: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.columns)
+
+    def take(self, index: np.ndarray) -> Rows:
+        """The documents at ``index`` (increasing positions), in that order."""
+        windows = None if self.windows is None else self.windows[index]
+        num_tokens = self.num_tokens[index]
+        if self.offsets is None:
+            return Rows([self.ids[i] for i in index], num_tokens, [c[index] for c in self.columns], None, windows)
+        starts, ends = self.offsets[:-1][index], self.offsets[1:][index]
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist())]) if len(index) \
+            else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(index) + 1, dtype=np.int64)
+        np.cumsum(ends - starts, out=offsets[1:])
+        return Rows([self.ids[i] for i in index], num_tokens, [self.columns[0][rows]], offsets, windows)
+
+
+def rows_to_table(parts: list[Rows], arrow_schema: pa.Schema, mode: str) -> pa.Table:
+    """Batches of embedded documents -> one ``pa.Table`` of ``arrow_schema``."""
+    count = sum(len(p) for p in parts)
+    Metrics.counter(NAMESPACE, "embedded").inc(count)
+    ids = pa.array([doc_id for p in parts for doc_id in p.ids], type=pa.string())
+    num_tokens = pa.array(np.concatenate([p.num_tokens for p in parts]).astype(np.int32, copy=False))
     arrays = [ids, num_tokens]
     first = 2
     if arrow_schema.names[2] == "windows":
-        arrays.append(pa.array(np.fromiter((r[1][2] for r in rows), dtype=np.int32, count=len(rows))))
+        arrays.append(pa.array(np.concatenate([p.windows for p in parts]).astype(np.int32, copy=False)))
         first = 3
     for index, field in enumerate(list(arrow_schema)[first:]):
-        parts = [r[1][1][index] for r in rows]
+        values = np.concatenate([p.columns[index] for p in parts])
         if mode == "sequence":
-            lengths = np.fromiter((len(p) for p in parts), dtype=np.int32, count=len(parts))
-            offsets = np.zeros(len(parts) + 1, dtype=np.int32)
-            np.cumsum(lengths, out=offsets[1:])
-            inner = _fixed_size(np.concatenate(parts), field.type.value_type)
+            offsets = np.zeros(count + 1, dtype=np.int32)
+            np.cumsum(np.concatenate([np.diff(p.offsets) for p in parts]), out=offsets[1:])
+            inner = _fixed_size(values, field.type.value_type)
             arrays.append(pa.ListArray.from_arrays(pa.array(offsets), inner, type=field.type))
         else:
-            arrays.append(_fixed_size(np.stack(parts), field.type))
+            arrays.append(_fixed_size(values, field.type))
     return pa.Table.from_arrays(arrays, schema=arrow_schema)
 
 
-def _row_bytes(row) -> int:
-    return sum(a.nbytes for a in row[1][1])
-
-
 class ToArrowTables(beam.DoFn):
-    """Buffers ``(doc_id, (num_tokens, arrays))`` and emits ``pa.Table``s of ~``target_bytes``."""
+    """Buffers batches of embedded documents (``Rows``) and emits ``pa.Table``s of ~``target_bytes``."""
 
     def __init__(self, arrow_schema: pa.Schema, mode: str, target_bytes: int):
         self.schema = arrow_schema
         self.mode = mode
         self.target_bytes = target_bytes
-        self._rows: list = []
+        self._parts: list = []
         self._bytes = 0
 
     def setup(self):
         self._progress = Progress()
 
     def start_bundle(self):
-        self._rows, self._bytes = [], 0
+        self._parts, self._bytes = [], 0
 
-    def process(self, element):
-        self._rows.append(element)
-        self._bytes += _row_bytes(element)
-        self._progress.tick()
+    def process(self, element: Rows):
+        self._parts.append(element)
+        self._bytes += element.nbytes
+        self._progress.tick(len(element))
         if self._bytes >= self.target_bytes:
             yield self._table()
 
@@ -194,17 +224,18 @@ class ToArrowTables(beam.DoFn):
         from apache_beam.transforms.window import GlobalWindow
         from apache_beam.utils.windowed_value import WindowedValue
 
-        if self._rows:
+        if self._parts:
             yield WindowedValue(self._table(), GlobalWindow().max_timestamp(), [GlobalWindow()])
 
     def _table(self) -> pa.Table:
-        rows, self._rows, self._bytes = self._rows, [], 0
-        return rows_to_table(rows, self.schema, self.mode)
+        parts, self._parts, self._bytes = self._parts, [], 0
+        return rows_to_table(parts, self.schema, self.mode)
 
 
 class _RoundRobin(beam.DoFn):
-    """Keys each row with a shard number, in turn from a random start: shards differ by at most
-    one row per worker, whatever the bundles."""
+    """Deals the documents of each batch to the shards in turn, from a random start, continuing
+    across batches: shards differ by at most one document per worker, whatever the bundles.
+    Emits ``(shard, Rows)`` per shard that gets documents of the batch."""
 
     def __init__(self, num_shards: int):
         self.num_shards = num_shards
@@ -212,9 +243,13 @@ class _RoundRobin(beam.DoFn):
     def setup(self):
         self._next = random.randrange(self.num_shards)
 
-    def process(self, row):
-        shard, self._next = self._next, (self._next + 1) % self.num_shards
-        yield shard, row
+    def process(self, rows: Rows):
+        n = len(rows)
+        shard_of = (self._next + np.arange(n)) % self.num_shards
+        self._next = (self._next + n) % self.num_shards
+        for shard in range(min(n, self.num_shards)):
+            shard = (int(shard_of[0]) + shard) % self.num_shards
+            yield shard, rows.take(np.flatnonzero(shard_of == shard))
 
 
 class _WriteShard(beam.DoFn):
@@ -235,17 +270,17 @@ class _WriteShard(beam.DoFn):
         from apache_beam.utils.timestamp import MAX_TIMESTAMP
 
         writer = self.sink.open_writer(init_result, str(uuid.uuid4()))
-        rows, size, count = [], 0, 0
-        for row in element[1]:
-            rows.append(row)
-            size += _row_bytes(row)
-            self._progress.tick()
-            if size >= self.target_bytes:
-                writer.write(rows_to_table(rows, self.schema, self.mode))
-                count, rows, size = count + len(rows), [], 0
-        if rows:
-            writer.write(rows_to_table(rows, self.schema, self.mode))
+        parts, size, count = [], 0, 0
+        for rows in element[1]:
+            parts.append(rows)
+            size += rows.nbytes
             count += len(rows)
+            self._progress.tick(len(rows))
+            if size >= self.target_bytes:
+                writer.write(rows_to_table(parts, self.schema, self.mode))
+                parts, size = [], 0
+        if parts:
+            writer.write(rows_to_table(parts, self.schema, self.mode))
         yield TimestampedValue(writer.close(), MAX_TIMESTAMP)
         yield beam.pvalue.TaggedOutput("rows", count)
 
