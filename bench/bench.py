@@ -612,7 +612,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="With --engines: 3000 documents, the job on one model, on 2000 and 6000 documents.")
     parser.add_argument("--job-sizes", default=None, metavar="N,M",
                         help="With --engines: the two corpus sizes the job runs on; its steady docs/s is "
-                             "(M - N) / (wall_M - wall_N) (default 20000,100000; --quick 2000,6000).")
+                             "(M - N) / (wall_M - wall_N) (default 100000,300000; --quick 2000,6000).")
     parser.add_argument("--job-repeat", type=int, default=1,
                         help="With --engines: runs of the job per size, the fastest kept (default 1).")
     parser.add_argument("--keep", action="store_true", help="Keep the temp work dir (corpus, models, outputs).")
@@ -638,7 +638,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         except ValueError:
             sizes = ()
         if len(sizes) != 2 or not 0 < sizes[0] < sizes[1]:
-            parser.error("--job-sizes takes two sizes N,M with 0 < N < M, e.g. 20000,100000")
+            parser.error("--job-sizes takes two sizes N,M with 0 < N < M, e.g. 100000,300000")
         args.job_sizes = sizes
     return args
 

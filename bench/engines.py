@@ -13,7 +13,7 @@ model, in one run and on the same corpus:
   batch, which builds and verifies the engine, is timed apart as start-up);
 - the whole job, ``python -m beam_pipeline ... --engine auto --log_level info`` as a child process
   (JSONL to finalized Parquet on the DirectRunner), on two corpora of the same distribution, N and
-  M documents (``--job-sizes``, default 20000 and 100000): ``job`` and ``job-big`` are those two runs
+  M documents (``--job-sizes``, default 100000 and 300000): ``job`` and ``job-big`` are those two runs
   end to end (process start included), ``job-steady`` is ``(docs_M - docs_N) / (wall_M - wall_N)``:
   start-up, model loading, calibration and finalization cancel out. Each run's start-up is the time
   from ``Popen`` to the job's ``first batch embedded`` log line (read from its stderr as it comes),
@@ -51,7 +51,10 @@ MODELS = {
     "gru64-pre": (64, "pre", 20000),
 }
 ENGINES = ("keras", "xla", "onnx", "table")
-JOB_SIZES = (20000, 100000)  # N and M documents of the two job runs; job-steady is their difference
+# N and M documents of the two job runs; job-steady is their difference. N is large enough that both runs
+# calibrate (--engine auto runs the Keras graph until it has spent 2 s on a worker: ~30-40k documents of these
+# models on this CPU, per worker), so that the M - N documents the big run adds all run on the engine it kept.
+JOB_SIZES = (100000, 300000)
 JOB_SIZES_QUICK = (2000, 6000)
 JOB_TIMEOUT_S = 3600
 # Lines of the job's log (stderr, --log_level info) timed from Popen: the first occurrence of each.
@@ -267,6 +270,10 @@ def run_job_sizes(work: str, name: str, corpora: dict[int, str], job_args: str, 
               "peak_rss_ratio": round(big["peak_rss_mb"] / small["peak_rss_mb"], 3)}
     for key in ("tokens", "timesteps"):
         steady[key] = big[key] - small[key] if big[key] is not None and small[key] is not None else None
+    if small["engines_chosen"] != big["engines_chosen"]:
+        steady["warning"] = (f"the two runs chose different engines ({small['engines_chosen'] or 'none'} vs "
+                             f"{big['engines_chosen'] or 'none'}): the difference is not one engine's steady state "
+                             "(with --engine auto, raise N until the small run calibrates too)")
     runs["job-steady"] = steady
     return runs
 
@@ -278,7 +285,9 @@ def _fmt(value, spec: str, width: int) -> str:
 
 def _job_notes(variant: str, r: dict) -> str:
     if variant == "job-steady":
-        return (f"(docs {r['sizes'][1]} - {r['sizes'][0]}) / (wall, s); peak RSS big/small {r['peak_rss_ratio']:.2f}")
+        warning = f"; WARNING: {r['warning']}" if "warning" in r else ""
+        return (f"({r['sizes'][1]} - {r['sizes'][0]} docs) / (wall difference {r['wall_s']:.1f}s); "
+                f"peak RSS big/small {r['peak_rss_ratio']:.2f}{warning}")
     used = ", ".join(f"{k} x{v}" for k, v in r["engines_chosen"].items()) or \
         "none logged (auto before calibration runs the Keras graph)"
     notes = f"{r['size']} docs, {r['wall_s']:.1f}s, engines chosen: {used}"
