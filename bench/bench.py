@@ -2,7 +2,8 @@
 
 ``python -m bench.bench [--docs N] [--model lstm|masked-lstm|bilstm|all] [--out bench/results/NAME.json]``
 
-``python -m bench.bench --engines [--quick]`` runs the engine benchmark instead (``bench/engines.py``).
+``python -m bench.bench --engines [--quick] [--job-sizes N,M] [--job-args '...']`` runs the engine benchmark
+instead (``bench/engines.py``).
 
 One invocation builds one corpus, one tokenizer and the requested models, then runs every variant
 on them, each in its own child process (``python -m bench.bench --child ...``), so that the peak
@@ -602,11 +603,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1,
                         help="Runs per variant; the fastest is kept (default 1: one run of each).")
     parser.add_argument("--job-args", default="",
-                        help="Extra flags for the job in (c), e.g. --job-args='--row_group_mb 8'.")
+                        help="Extra flags for the job in (c) and in --engines, e.g. --job-args='--row_group_mb 8' or "
+                             "--job-args='--direct_num_workers=2 --direct_running_mode=multi_processing'.")
     parser.add_argument("--engines", action="store_true",
                         help="Run the engine benchmark instead (bench/engines.py): every engine and the job on the "
                              "models of issue 11.")
-    parser.add_argument("--quick", action="store_true", help="With --engines: 3000 documents, the job on one model.")
+    parser.add_argument("--quick", action="store_true",
+                        help="With --engines: 3000 documents, the job on one model, on 2000 and 6000 documents.")
+    parser.add_argument("--job-sizes", default=None, metavar="N,M",
+                        help="With --engines: the two corpus sizes the job runs on; its steady docs/s is "
+                             "(M - N) / (wall_M - wall_N) (default 100000,300000; --quick 2000,6000).")
+    parser.add_argument("--job-repeat", type=int, default=1,
+                        help="With --engines: runs of the job per size, the fastest kept (default 1).")
     parser.add_argument("--keep", action="store_true", help="Keep the temp work dir (corpus, models, outputs).")
     # Internal: one variant in a child process.
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -622,6 +630,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--repeat must be at least 1")
     if set(args.variants) - set(VARIANTS):
         parser.error("--variants takes letters from 'abc'")
+    if args.job_repeat < 1:
+        parser.error("--job-repeat must be at least 1")
+    if args.job_sizes is not None:
+        try:
+            sizes = tuple(int(x) for x in args.job_sizes.split(","))
+        except ValueError:
+            sizes = ()
+        if len(sizes) != 2 or not 0 < sizes[0] < sizes[1]:
+            parser.error("--job-sizes takes two sizes N,M with 0 < N < M, e.g. 100000,300000")
+        args.job_sizes = sizes
     return args
 
 
@@ -657,7 +675,9 @@ def main(argv: list[str] | None = None) -> int:
 
         out = args.out if args.out != os.path.join("bench", "results", "latest.json") else os.path.join(
             "bench", "results", "engines-quick.json" if args.quick else "engines.json")
-        return engines.main(3000 if args.quick and args.docs == 20000 else args.docs, args.quick, out)
+        return engines.main(3000 if args.quick and args.docs == 20000 else args.docs, args.quick, out,
+                            job_sizes=args.job_sizes, job_args=args.job_args, job_repeat=args.job_repeat,
+                            keep=args.keep)
     from beam_pipeline.demo import fit_tokenizer_json
 
     names = list(MODELS) if args.model == "all" else [] if args.model == "none" else [args.model]
