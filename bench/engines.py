@@ -11,7 +11,7 @@ model, in one run and on the same corpus:
 - every engine (``keras``, ``xla``, ``onnx``, ``table``) forced, through the job's own ``Embedder`` in batches
   of 512 (length-sorted batches for masked models, as the job sorts them), steady state (the first
   batch, which builds and verifies the engine, is timed apart as start-up);
-- the whole job, ``python -m beam_pipeline ... --engine auto --log_level info`` as a child process
+- the whole job, ``python -m beam_pipeline ... --engine auto`` as a child process
   (JSONL to finalized Parquet on the DirectRunner), on two corpora of the same distribution, N and
   M documents (``--job-sizes``, default 100000 and 300000): ``job`` and ``job-big`` are those two runs
   end to end (process start included), ``job-steady`` is ``(docs_M - docs_N) / (wall_M - wall_N)``:
@@ -57,7 +57,7 @@ ENGINES = ("keras", "xla", "onnx", "table")
 JOB_SIZES = (100000, 300000)
 JOB_SIZES_QUICK = (2000, 6000)
 JOB_TIMEOUT_S = 3600
-# Lines of the job's log (stderr, --log_level info) timed from Popen: the first occurrence of each.
+# Lines of the job's log (stderr; beam_pipeline loggers are at INFO by default) timed from Popen: the first occurrence of each.
 MARKERS = {"model_loaded_s": "model loaded in process", "first_batch_s": "first batch embedded"}
 ENGINE_LINE = re.compile(r"\bengine (\w+) (?:chosen )?for layer\b")  # one per worker (engines.choose)
 # A line a multi-process DirectRunner worker logged, as its runner relays it: the worker's own time stamp.
@@ -161,7 +161,7 @@ def job_argv(work: str, name: str, corpus: str, prefix: str, job_args: str) -> l
     return ["--input", corpus, "--output", prefix, "--model", os.path.join(work, f"{name}.keras"),
             "--tokenizer", os.path.join(work, f"tokenizer-{vocab}.json"), "--layer", "target",
             "--maxlen", str(maxlen), "--padding", padding, "--truncating", "pre", "--overwrite",
-            "--engine", "auto", "--log_level", "info", *shlex.split(job_args)]
+            "--engine", "auto", *shlex.split(job_args)]
 
 
 def run_job_child(work: str, name: str, corpus: str, label: str, job_args: str,

@@ -43,7 +43,7 @@ from beam_pipeline.options import JobConfig
 from transforms.errors import ERRORS, NAMESPACE, dead_letter
 from transforms.write import Rows
 
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("beam_pipeline.embed")  # shown at INFO whatever --log_level (see __main__)
 _IMPORTED = time.time()
 
 
