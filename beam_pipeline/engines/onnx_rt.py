@@ -345,6 +345,10 @@ class OnnxEngine(Engine):
         onnx.checker.check_model(proto)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's intra-op threads spin between runs by default; the job reads, tokenizes and writes on
+        # another thread meanwhile, which the spinning slows. Off: same wall time, 10-20% less CPU
+        # (300000 documents, unmasked LSTM and masked Bi-LSTM stack, 2 cores; 2026-11-24).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return session, list(rename.values())
 
