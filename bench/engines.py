@@ -57,7 +57,8 @@ ENGINES = ("keras", "xla", "onnx", "table")
 JOB_SIZES = (100000, 300000)
 JOB_SIZES_QUICK = (2000, 6000)
 JOB_TIMEOUT_S = 3600
-# Lines of the job's log (stderr; beam_pipeline loggers are at INFO by default) timed from Popen: the first occurrence of each.
+# Lines of the job's log (stderr; beam_pipeline loggers are at INFO by default) timed from Popen:
+# the first occurrence of each.
 MARKERS = {"model_loaded_s": "model loaded in process", "first_batch_s": "first batch embedded"}
 ENGINE_LINE = re.compile(r"\bengine (\w+) (?:chosen )?for layer\b")  # one per worker (engines.choose)
 # A line a multi-process DirectRunner worker logged, as its runner relays it: the worker's own time stamp.

@@ -83,6 +83,17 @@ def load_embedder(config: JobConfig):
     )
 
 
+def _error_detail(exception: BaseException, keep: int = 600) -> str:
+    """The exception for a dead letter: its type, first line and end. TensorFlow puts the graph's
+    Python traceback between its first line and the cause (``indices[2,1] = 5000 is not in [0, 100)``),
+    which a dead letter's 1000 characters would otherwise cut; the worker log has it whole."""
+    text = str(exception).strip()
+    if len(text) > 2 * keep:
+        first = text.split("\n", 1)[0][:keep]
+        text = f"{first} ... {text[-keep:]}"
+    return f"{type(exception).__name__}: {text}"
+
+
 class _Worker:
     """One per worker process: the Embedder and the single thread its batches run on (one batch at a
     time per process, whatever number of DoFn instances Beam runs there)."""
@@ -154,11 +165,11 @@ class EmbedBatches(beam.DoFn):
         except Exception as exception:  # the batch's documents become dead letters; the job goes on
             Metrics.counter(NAMESPACE, "failed_batches").inc()
             LOG.warning("inference failed on a batch of %d documents: %s", len(batch), exception)
+            detail = _error_detail(exception)
             for doc_id, ids in batch:
                 yield beam.pvalue.TaggedOutput(ERRORS, dead_letter(
                     doc_id, "embed", "inference_failed",
-                    {"doc_id": doc_id, "input": ids if isinstance(ids, str) else list(ids)},
-                    f"{type(exception).__name__}: {exception}"))
+                    {"doc_id": doc_id, "input": ids if isinstance(ids, str) else list(ids)}, detail))
             return
         embedder = self._worker.embedder
         Metrics.counter(NAMESPACE, "batches").inc()
