@@ -448,6 +448,18 @@ def _cpu_busy_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_child(proc: subprocess.Popen, timeout_s: float):
+    """Waits for ``proc`` (killed after ``timeout_s``), sets its ``returncode``; returns its rusage."""
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage
+
+
 def run_child(work: str, label: str, child_args: list[str], timeout_s: int = CHILD_TIMEOUT_S) -> dict:
     """Runs ``python -m bench.bench --child ...``; returns its result plus its own peak RSS, its CPU
     time, and the CPU time the rest of the machine used meanwhile (``other_cpu_s``: contention)."""
@@ -459,13 +471,7 @@ def run_child(work: str, label: str, child_args: list[str], timeout_s: int = CHI
     start, busy = time.perf_counter(), _cpu_busy_s()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        timer = threading.Timer(timeout_s, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        usage = wait_child(proc, timeout_s)
     elapsed, busy = time.perf_counter() - start, _cpu_busy_s() - busy
     child_cpu = usage.ru_utime + usage.ru_stime
     other = max(0.0, busy - child_cpu)

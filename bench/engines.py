@@ -173,7 +173,7 @@ def run_job_child(work: str, name: str, corpus: str, label: str, job_args: str,
     ``job-<name>-<label>.log`` in the work dir; ``MARKERS`` lines are timed from ``Popen``. Wall time
     is ``Popen`` to exit; peak RSS is the child's ``ru_maxrss`` from ``os.wait4`` (the largest of the
     child and the children it waited for, e.g. multi-process DirectRunner workers)."""
-    from bench.bench import REPO, _cpu_busy_s
+    from bench.bench import REPO, _cpu_busy_s, wait_child
 
     prefix = os.path.join(work, "out", f"{name}-{label}", "emb")
     argv = job_argv(work, name, corpus, prefix, job_args)
@@ -207,14 +207,8 @@ def run_job_child(work: str, name: str, corpus: str, label: str, job_args: str,
                threading.Thread(target=lambda: stdout.extend(proc.stdout), daemon=True)]
     for reader in readers:
         reader.start()
-    timer = threading.Timer(timeout_s, proc.kill)
-    timer.start()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
+    usage = wait_child(proc, timeout_s)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
     busy = _cpu_busy_s() - busy
     for reader in readers:  # a worker that outlives the job would hold the pipes open: do not wait forever
         reader.join(timeout=30)
