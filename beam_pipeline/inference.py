@@ -45,7 +45,7 @@ class EmbeddedBatch:
     lengths: np.ndarray  # (B,) int32 tokens per document that reached the model
     columns: dict[str, np.ndarray]
     offsets: np.ndarray | None
-    padded_timesteps: int
+    padded_timesteps: int  # timesteps the model computed: rows x width, or what a padding-prefix engine ran
     seconds: float
     windows: np.ndarray | None = None  # (B,) int32 windows read per document (--long_docs carry)
 
@@ -163,6 +163,7 @@ class Embedder:
         self.calibrate_after_s = CALIBRATE_AFTER_S
         self._keras_seconds = 0.0
         self._keras_engine: engines.Engine | None = None  # auto, before calibration
+        self._last_engine: engines.Engine | None = None  # the one that ran the last batch
         self.kernel = kernel_path(self.info, self.layer, device)
         LOG.info(
             "embedding layer %s (%s) mode=%s masked=%s length_bucketing=%s kernel path: %s; engine %s",
@@ -251,11 +252,13 @@ class Embedder:
                 self._keras_engine = engines.registry()["keras"](self.engine_context)
             outputs = self._keras_engine.run(batch)
             self._keras_seconds += time.perf_counter() - start
+            self._last_engine = self._keras_engine
             return outputs
         if self.engine is None:
             compare = (batch != 0) if (self.mode == "sequence" and not self.text_input) else None
             choice = engines.choose(self.engine_context, self.engine_request, batch, compare)
             self.engine, self.engine_report = choice.engine, choice.report
+        self._last_engine = self.engine
         return self.engine.run(batch)
 
     def pad(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -377,4 +380,5 @@ class Embedder:
             np.cumsum(lengths, out=offsets[1:])
         else:
             columns = {name: np.asarray(out, dtype=np.float32) for name, out in zip(self.column_names, outputs)}
-        return EmbeddedBatch(lengths, columns, offsets, int(batch.size), seconds)
+        ran = self._last_engine.timesteps_run if self._last_engine is not None else None
+        return EmbeddedBatch(lengths, columns, offsets, int(batch.size) if ran is None else ran, seconds)

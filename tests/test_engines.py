@@ -115,6 +115,25 @@ def test_prefix_cache_reads_length_sorted_chunks_with_full_length_and_single_tok
         assert _check(model, mode, "pre", seqs=seqs).engine.prefix
 
 
+@pytest.mark.parametrize("engine", ["onnx", "table"])
+def test_padding_prefix_engines_count_the_timesteps_they_run_not_the_padded_batch(engine, monkeypatch):
+    """The job's ``padded_timesteps`` metric (and its "per token" line) is what the model computed: an
+    engine that starts each document from its padding prefix's state runs each length-sorted chunk only
+    as wide as its longest document. Here: 3 chunks of 4 documents, of lengths 1..4, 5..8 and 9..12."""
+    from beam_pipeline.engines import table
+
+    monkeypatch.setattr(onnx_rt, "PREFIX_CHUNK", 4)
+    monkeypatch.setattr(table, "PREFIX_CHUNK", 4)
+    model = _model(ACCEPTED["lstm"], mask_zero=False)
+    seqs = [list(range(1, n + 1)) for n in (3, 9, 1, 12, 5, 2, 7, 11, 4, 6, 10, 8)]
+    embedder = _check(model, "final", "pre", engine=engine, seqs=seqs)
+    out = embedder.embed(seqs)
+    assert embedder.engine.prefix
+    assert out.padded_timesteps == 4 * (4 + 8 + 12) < len(seqs) * MAXLEN
+    keras_graph = Embedder(model, "target", "final", MAXLEN, padding="pre", engine="keras")
+    assert keras_graph.embed(seqs).padded_timesteps == len(seqs) * MAXLEN  # it runs the padded batch
+
+
 @keras.saving.register_keras_serializable("test_engines")
 class _Cell(L.Layer):
     """A custom recurrent cell (Keras' RNN API), which no engine but Keras' may run."""

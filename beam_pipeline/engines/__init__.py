@@ -86,6 +86,9 @@ class Engine:
     """Runs padded batches; ``why_not`` says (as a sentence) why a model cannot be run exactly."""
 
     name = ""
+    # Timesteps the last ``run`` computed (rows x steps), set by engines that do not run the padded
+    # batch as it is (the padding-prefix start reads each document's tokens only); None: the batch's size.
+    timesteps_run: int | None = None
 
     @classmethod
     def why_not(cls, ctx: Context) -> str | None:

@@ -390,6 +390,7 @@ class OnnxEngine(Engine):
         return tables
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.timesteps_run = None
         nonzero = batch != 0
         lengths = nonzero.sum(axis=1).astype(np.int32)
         width = batch.shape[1]
@@ -408,11 +409,13 @@ class OnnxEngine(Engine):
     def _run_from_prefix(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         """Documents sorted by length and read in chunks of ``PREFIX_CHUNK``, each chunk only as
         wide as its longest document: the real tokens, from the states their padding reaches."""
+        self.timesteps_run = 0
         return in_length_sorted_chunks(batch, lengths, PREFIX_CHUNK, self._prefix_chunk)
 
     def _prefix_chunk(self, batch: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         width = batch.shape[1]
         steps = int(lengths.max())
+        self.timesteps_run += len(batch) * steps
         skip = width - lengths  # leading padding steps of each document
         left = np.zeros((len(batch), steps), batch.dtype)
         left[np.arange(steps)[None, :] < lengths[:, None]] = batch[batch != 0]

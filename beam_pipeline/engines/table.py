@@ -164,6 +164,7 @@ class TableEngine(Engine):
         return [np.stack(t) for t in tables]
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.timesteps_run = None
         if not self.prefix:
             n, width = batch.shape
             self._rows = max(self._rows, n)  # a short batch (a bundle's last) is topped up: no new compile
@@ -178,6 +179,7 @@ class TableEngine(Engine):
             from beam_pipeline.engines.keras_graph import KerasEngine
 
             return KerasEngine(self.ctx).run(batch)  # an empty row or an id 0 among the tokens
+        self.timesteps_run = 0
         return in_length_sorted_chunks(batch, lengths, PREFIX_CHUNK, self._prefix_chunk)
 
     def _full_width(self, batch: np.ndarray) -> np.ndarray:
@@ -197,6 +199,7 @@ class TableEngine(Engine):
         skip[:n] = width - lengths
         left = np.zeros((rows, width), batch.dtype)
         left[:n][np.arange(width)[None, :] < lengths[:, None]] = batch[batch != 0]
+        self.timesteps_run += rows * int(lengths.max())  # the topped-up rows are computed too
         out = as_arrays(self._fn_prefix(left, np.int32(lengths.max()), *[t[skip] for t in self.tables]))
         out = [o[:n] for o in out]
         if not self.sequence:
