@@ -107,6 +107,11 @@ class EmbeddingOptions(PipelineOptions):
         group.add_argument("--engine", default="auto", choices=engines.CHOICES,
                            help="auto: on the first batch, every engine that can run the model exactly is checked "
                                 "against the Keras graph and timed; the fastest is kept. Or force one.")
+        group.add_argument("--reshuffle", default="auto", choices=("auto", "on", "off"),
+                           help="Reshuffle the tokenized documents before embedding, so that the documents of one "
+                                "input file spread over all workers (a file is read by one worker). auto: on for "
+                                "every runner but the local DirectRunner (where it would hold the whole corpus "
+                                "in memory).")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -216,6 +221,7 @@ class JobConfig:
     model_origin: dict = field(default_factory=dict)  # model.Provenance.to_dict(): framework, format, translations
     tokenizer_sha256: str | None = None
     engine: str = "auto"
+    reshuffle: bool = False  # documents spread over workers after tokenizing (see --reshuffle)
 
     @property
     def columns(self) -> list[tuple[str, int]]:
@@ -347,6 +353,21 @@ def _check_sides(o: EmbeddingOptions, masked: bool, takes_text: bool) -> tuple[s
     return o.padding, o.truncating
 
 
+LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
+
+
+def reshuffles(flag: str, options: PipelineOptions) -> bool:
+    """``--reshuffle``: auto is on unless the runner is the local DirectRunner, whose shuffle holds
+    every element in memory (and which runs one process anyway)."""
+    if flag != "auto":
+        return flag == "on"
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.rsplit(".", 1)[-1] not in LOCAL_RUNNERS
+
+
 def resolve(options: PipelineOptions) -> JobConfig:
     """Validates the options against the model and tokenizer; raises ConfigError on any problem."""
     o = options.view_as(EmbeddingOptions)
@@ -433,4 +454,5 @@ def resolve(options: PipelineOptions) -> JobConfig:
         model_origin=loaded.provenance.to_dict(),
         tokenizer_sha256=tokenizer_sha,
         engine=o.engine,
+        reshuffle=reshuffles(o.reshuffle, options),
     )

@@ -79,6 +79,8 @@ def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str
         inputs, tokenize_errors = tokens.ids, tokens[errors.ERRORS]
     else:  # the model tokenizes raw text itself (TextVectorization)
         inputs, tokenize_errors = read.docs, p | "NoTokenizeErrors" >> beam.Create([])
+    if config.reshuffle:  # a file is read by one worker: its documents spread out before the costly stage
+        inputs = inputs | "SpreadDocuments" >> beam.Reshuffle()
     embedded, failed = inputs | "Embed" >> Embed(config)
     arrow_schema = write.schema(config.columns, config.mode, config.dtype, config.provenance(),
                                 windows=config.long_docs == "carry")

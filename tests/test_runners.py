@@ -49,8 +49,9 @@ def test_rerun_replaces_shards_and_never_mixes_runs(small_job, corpus, single_pr
 
 @pytest.mark.parametrize("argv", [
     ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
-    ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
-], ids=["multi_processing", "portable_loopback"])
+    ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],  # --reshuffle auto: on
+    ["--reshuffle", "on"],
+], ids=["multi_processing", "portable_loopback", "reshuffled"])
 def test_same_output_across_process_boundaries(small_job, corpus, single_process, tmp_path, argv):
     out = tmp_path / "emb"
     summary = helpers.run_job(small_job.argv(corpus[0], out, *argv))
@@ -59,6 +60,24 @@ def test_same_output_across_process_boundaries(small_job, corpus, single_process
     assert sorted(got) == sorted(single_process)
     for doc_id, vector in single_process.items():
         np.testing.assert_allclose(got[doc_id], vector, atol=1e-6)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], False), (["--runner=DirectRunner"], False), (["--runner", "SwitchingDirectRunner"], False),
+    (["--runner=FlinkRunner"], True), (["--runner=DataflowRunner"], True), (["--runner=PortableRunner"], True),
+    (["--runner=apache_beam.runners.dataflow.dataflow_runner.DataflowRunner"], True),
+    (["--runner=FlinkRunner", "--reshuffle", "off"], False), (["--reshuffle", "on"], True),
+])
+def test_documents_are_reshuffled_before_embedding_on_distributed_runners(argv, expected):
+    """One input file is read by one worker: on a distributed runner its documents must spread over
+    the workers before the costly stage. The local DirectRunner would hold the whole corpus in memory
+    to shuffle it, so auto leaves it out there."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipeline.options import EmbeddingOptions, reshuffles
+
+    options = PipelineOptions(argv)
+    assert reshuffles(options.view_as(EmbeddingOptions).reshuffle, options) is expected
 
 
 def test_killed_run_leaves_no_final_shards_and_rerun_completes(small_job, tmp_path):
