@@ -110,8 +110,8 @@ class EmbeddingOptions(PipelineOptions):
         group.add_argument("--reshuffle", default="auto", choices=("auto", "on", "off"),
                            help="Reshuffle the tokenized documents before embedding, so that the documents of one "
                                 "input file spread over all workers (a file is read by one worker). auto: on for "
-                                "every runner but the local DirectRunner (where it would hold the whole corpus "
-                                "in memory).")
+                                "Dataflow only (the DirectRunner would hold the corpus in memory; on Flink the "
+                                "extra exchange needs more network buffers).")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -353,19 +353,18 @@ def _check_sides(o: EmbeddingOptions, masked: bool, takes_text: bool) -> tuple[s
     return o.padding, o.truncating
 
 
-LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
-
-
 def reshuffles(flag: str, options: PipelineOptions) -> bool:
-    """``--reshuffle``: auto is on unless the runner is the local DirectRunner, whose shuffle holds
-    every element in memory (and which runs one process anyway)."""
+    """``--reshuffle``: auto is on for Dataflow only, whose shuffle is a service. The local
+    DirectRunner's shuffle holds every element in memory; on Flink the extra exchange needs more
+    network buffers than a small cluster has (a job restarted on one surviving TaskManager failed with
+    "Insufficient number of network buffers"): there it is ``on`` by choice."""
     if flag != "auto":
         return flag == "on"
     from apache_beam.options.pipeline_options import StandardOptions
 
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     name = runner if isinstance(runner, str) else type(runner).__name__
-    return name.rsplit(".", 1)[-1] not in LOCAL_RUNNERS
+    return name.rsplit(".", 1)[-1] in ("DataflowRunner", "TestDataflowRunner")
 
 
 def resolve(options: PipelineOptions) -> JobConfig:

@@ -14,7 +14,7 @@ An empty or whitespace-only text is a document like any other: it gets a row, wi
 records without a usable text (unreadable, no id, no text field, a non-string text) are dead letters.
 
 A file is read by one worker; the file names are reshuffled so that files spread over workers (and,
-on distributed runners, the tokenized documents too: ``--reshuffle``, ``beam_pipeline/pipeline.py``).
+on Dataflow, the tokenized documents too: ``--reshuffle``, ``beam_pipeline/pipeline.py``).
 Each file also reports how many records it held (tag ``counts``), for the run's summary.
 """
 
