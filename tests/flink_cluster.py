@@ -98,10 +98,6 @@ class FlinkCluster:
             "restart-strategy.type": "fixed-delay",
             "restart-strategy.fixed-delay.attempts": 3,
             "restart-strategy.fixed-delay.delay": "2 s",
-            # the REST API's per-subtask metrics (records in) refresh every 0.5 s instead of 10 s: the
-            # kill test looks for a subtask that has received its file while it still runs, and the
-            # job's stages are faster than 10 s on these corpora
-            "metrics.fetcher.update-interval": 500,
         }
         os.makedirs(settings["io.tmp.dirs"], exist_ok=True)
         with open(os.path.join(conf, "config.yaml"), "w") as f:
