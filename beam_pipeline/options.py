@@ -110,8 +110,8 @@ class EmbeddingOptions(PipelineOptions):
         group.add_argument("--reshuffle", default="auto", choices=("auto", "on", "off"),
                            help="Reshuffle the tokenized documents before embedding, so that the documents of one "
                                 "input file spread over all workers (a file is read by one worker). auto: on for "
-                                "Dataflow only (the DirectRunner would hold the corpus in memory; on Flink the "
-                                "extra exchange needs more network buffers).")
+                                "Dataflow only (the DirectRunner would hold the corpus in memory; elsewhere, on by "
+                                "choice).")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -355,9 +355,8 @@ def _check_sides(o: EmbeddingOptions, masked: bool, takes_text: bool) -> tuple[s
 
 def reshuffles(flag: str, options: PipelineOptions) -> bool:
     """``--reshuffle``: auto is on for Dataflow only, whose shuffle is a service. The local
-    DirectRunner's shuffle holds every element in memory; on Flink the extra exchange needs more
-    network buffers than a small cluster has (a job restarted on one surviving TaskManager failed with
-    "Insufficient number of network buffers"): there it is ``on`` by choice."""
+    DirectRunner's shuffle holds every element in memory; on Flink it is ``on`` by choice (verified
+    there by the parity tests only, not under a TaskManager's loss)."""
     if flag != "auto":
         return flag == "on"
     from apache_beam.options.pipeline_options import StandardOptions

@@ -74,8 +74,8 @@ def test_same_output_across_process_boundaries(small_job, corpus, single_process
 def test_documents_are_reshuffled_before_embedding_on_dataflow(argv, expected):
     """One input file is read by one worker: on Dataflow its documents must spread over the workers
     before the costly stage. Auto leaves the reshuffle out on the local DirectRunner (it would hold the
-    whole corpus in memory) and on Flink (the extra exchange needs more network buffers: a job restarted
-    on one surviving TaskManager of the test cluster failed for want of them); ``on`` forces it."""
+    whole corpus in memory) and elsewhere (on Flink it is verified by the parity tests only); ``on``
+    forces it."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_pipeline.options import EmbeddingOptions, reshuffles
