@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -101,16 +100,15 @@ class _Worker:
     def __init__(self, embedder):
         self.embedder = embedder
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
-        self.lock = threading.Lock()
         self.first_batch_logged = False
 
     def run(self, seqs: list):
+        """Runs on ``pool``'s one thread only, so batches never overlap."""
         out = self.embedder.embed(seqs)
-        with self.lock:
-            if not self.first_batch_logged:
-                self.first_batch_logged = True
-                LOG.info("first batch embedded in process %d, %.2f s after the process started (%d documents)",
-                         os.getpid(), process_age_s(), len(seqs))
+        if not self.first_batch_logged:
+            self.first_batch_logged = True
+            LOG.info("first batch embedded in process %d, %.2f s after the process started (%d documents)",
+                     os.getpid(), process_age_s(), len(seqs))
         return out
 
 
@@ -128,15 +126,12 @@ class EmbedBatches(beam.DoFn):
         self._worker = self._shared.acquire(lambda: _Worker(load_embedder(self.config)))
 
     def start_bundle(self):
-        self._ids: list = []
-        self._seqs: list = []
+        self._batch: list = []  # (doc_id, ids) of the batch filling
         self._pending: collections.deque[tuple[list, Future]] = collections.deque()
 
     def process(self, element):
-        doc_id, ids = element
-        self._ids.append(doc_id)
-        self._seqs.append(ids)
-        if len(self._seqs) >= self.batch_size:
+        self._batch.append(element)
+        if len(self._batch) >= self.batch_size:
             done = self._pending.popleft() if len(self._pending) >= self.in_flight else None
             if done is not None:
                 done[1].exception()  # wait for it before handing over the next batch
@@ -145,7 +140,7 @@ class EmbedBatches(beam.DoFn):
                 yield from self._outputs(*done)
 
     def finish_bundle(self):
-        if self._seqs:
+        if self._batch:
             self._submit()
         window = GlobalWindow()
         while self._pending:
@@ -156,8 +151,8 @@ class EmbedBatches(beam.DoFn):
                     yield WindowedValue(out, window.max_timestamp(), [window])
 
     def _submit(self):
-        ids, seqs, self._ids, self._seqs = self._ids, self._seqs, [], []
-        self._pending.append((list(zip(ids, seqs)), self._worker.pool.submit(self._worker.run, seqs)))
+        batch, self._batch = self._batch, []
+        self._pending.append((batch, self._worker.pool.submit(self._worker.run, [ids for _, ids in batch])))
 
     def _outputs(self, batch: list, future: Future):
         try:

@@ -247,8 +247,8 @@ class _RoundRobin(beam.DoFn):
         n = len(rows)
         shard_of = (self._next + np.arange(n)) % self.num_shards
         self._next = (self._next + n) % self.num_shards
-        for shard in range(min(n, self.num_shards)):
-            shard = (int(shard_of[0]) + shard) % self.num_shards
+        for k in range(min(n, self.num_shards)):
+            shard = (int(shard_of[0]) + k) % self.num_shards
             yield shard, rows.take(np.flatnonzero(shard_of == shard))
 
 
