@@ -101,7 +101,9 @@ class EmbeddingOptions(PipelineOptions):
         group.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
                            help="auto: the GPU when TensorFlow sees one, else the CPU.")
         group.add_argument("--length_bucketing", default="auto", choices=("auto", "off"),
-                           help="auto: for masked models, sort by length and pad each batch to its longest.")
+                           help="auto: for masked models, sort by length and pad each batch to its longest; "
+                                "for unmasked pre-padded ones, sort by length (engines that skip the padding "
+                                "run less).")
         group.add_argument("--jit", default="auto", choices=("auto", "off"),
                            help="auto: on the CPU, let --engine auto try XLA; off: never.")
         group.add_argument("--engine", default="auto", choices=engines.CHOICES,
@@ -440,7 +442,10 @@ def resolve(options: PipelineOptions) -> JobConfig:
         num_shards=o.num_shards,
         batch_size=o.batch_size,
         device=o.device,
-        length_bucketing=o.length_bucketing == "auto" and info.masked and not recurrent.takes_text(model),
+        # Masked: sorted, each batch padded to its longest. Unmasked pre: sorted only (still padded to maxlen), so
+        # the engines that skip the padding prefix (onnx, table) run chunks of like lengths: +20% (bench, 2026-11-25).
+        length_bucketing=(o.length_bucketing == "auto" and not recurrent.takes_text(model)
+                          and (info.masked or (padding == "pre" and o.long_docs != "carry"))),
         jit=o.jit == "auto",
         compression=o.compression,
         dtype=o.dtype,

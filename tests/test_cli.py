@@ -135,6 +135,20 @@ def test_truncating_is_required_for_every_model_but_not_with_carry(small_job, un
         _resolve(small_job, corpus, tmp_path, model=unmasked_model)
 
 
+def test_length_sorting_is_on_for_masked_and_unmasked_pre_models_only(small_job, unmasked_model, corpus, tmp_path):
+    """auto sorts documents by length where it pays: masked models (batches trimmed to their longest) and
+    unmasked ``pre`` ones (the engines that skip the padding prefix run like lengths together); not
+    unmasked ``post`` (every padding step counts) nor ``--long_docs carry``; off never."""
+    sides = ("--truncating", "pre")
+    assert _resolve(small_job, corpus, tmp_path, *sides).length_bucketing
+    assert _resolve(small_job, corpus, tmp_path, *sides, "--padding", "pre", model=unmasked_model).length_bucketing
+    assert not _resolve(small_job, corpus, tmp_path, *sides, "--padding", "post", model=unmasked_model).length_bucketing
+    assert not _resolve(small_job, corpus, tmp_path, *sides, "--padding", "pre", "--length_bucketing", "off",
+                        model=unmasked_model).length_bucketing
+    assert not _resolve(small_job, corpus, tmp_path, "--long_docs", "carry", "--padding", "pre",
+                        model=unmasked_model).length_bucketing
+
+
 def test_masked_model_may_omit_padding_and_gets_the_same_vectors(small_job, corpus, tmp_path):
     base = ["--input", corpus, "--model", small_job.model, "--tokenizer", small_job.tokenizer, "--truncating", "pre"]
     helpers.run_job([*base, "--output", tmp_path / "none"])

@@ -115,6 +115,19 @@ def test_prefix_cache_reads_length_sorted_chunks_with_full_length_and_single_tok
         assert _check(model, mode, "pre", seqs=seqs).engine.prefix
 
 
+def test_masked_batches_run_in_length_sorted_chunks_each_as_wide_as_its_longest_document(monkeypatch):
+    """A masked batch is cut into chunks of ``MASKED_CHUNK`` documents sorted by length; each runs only to
+    its longest document, and every row lands back in its place with Keras' values (Y past a document's
+    end included, in ``sequence`` mode)."""
+    monkeypatch.setattr(onnx_rt, "MASKED_CHUNK", 4)
+    model = _model(ACCEPTED["stacked_bidirectional_lstm"], mask_zero=True)
+    seqs = [list(range(1, n + 1)) for n in (3, 9, 1, 12, 5, 2, 7, 11, 4, 6, 10, 8)]
+    for mode in ("final", "sequence", "states"):
+        embedder = _check(model, mode, "post", seqs=seqs)
+        assert not embedder.engine.prefix
+    assert embedder.embed(seqs).padded_timesteps == 4 * (4 + 8 + 12)  # chunks of lengths 1..4, 5..8, 9..12
+
+
 @pytest.mark.parametrize("engine", ["onnx", "table"])
 def test_padding_prefix_engines_count_the_timesteps_they_run_not_the_padded_batch(engine, monkeypatch):
     """The job's ``padded_timesteps`` metric (and its "per token" line) is what the model computed: an

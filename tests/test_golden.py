@@ -118,8 +118,25 @@ def _char_level(tmp):
     return Case("chars", *paths, model, tok, "lstm", 20, "pre", "post", ("--truncating", "post"))
 
 
+def _unmasked_pre(tmp):
+    """Keras' default padding on a model without a mask: the job sorts the documents by length, and the
+    ONNX engine (forced) starts each from the state its padding prefix reaches, in length-sorted chunks
+    (300 documents, batches of 256: two chunks of 128 and one of 44 sorted across batches)."""
+    docs = helpers.corpus(300, seed=7)
+    tok = helpers.legacy_tokenizer([t for _, t in docs], oov_token="<unk>")
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((22,), dtype="int32")
+    x = keras.layers.Embedding(len(tok.word_index) + 1, 8)(inp)
+    x = keras.layers.LSTM(12, name="lstm")(x)
+    model = keras.Model(inp, keras.layers.Dense(1)(x))
+    paths = _save(tmp, "unmaskedpre", model, tok, docs)
+    return Case("unmaskedpre", *paths, model, tok, "lstm", 22, "pre", "pre",
+                ("--engine", "onnx", "--batch_size", "256"))
+
+
 BUILDERS = {"seed": _seed_classifier, "bistack": _bidirectional_stack, "premask": _pre_padding_masked,
-            "gru": _gru, "chars": _char_level}
+            "gru": _gru, "chars": _char_level,
+            "unmaskedpre": _unmasked_pre}
 
 
 @pytest.fixture(scope="module")
