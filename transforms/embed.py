@@ -3,8 +3,8 @@
 ``EmbedBatches`` batches the documents itself (``--batch_size``) and hands each full batch to the
 worker process's one inference thread, then goes on reading, tokenizing and writing while the batch
 runs: ONNX Runtime, TensorFlow and XLA release the GIL, so the model and the Python side of the job
-keep both cores busy. At most one batch runs while the next fills; its rows are emitted when the
-next one is handed over (``finish_bundle`` drains the rest), so memory stays bounded.
+keep both cores busy. A bounded queue of batches waits for that thread; finished batches' rows are
+emitted as the next documents arrive (``finish_bundle`` drains the rest), so memory stays bounded.
 
 The model is loaded once per worker process (``shared.Shared``: every DoFn instance of the process,
 every bundle, uses the same ``Embedder`` and thread): the model file is copied from gs:// if needed,
@@ -17,8 +17,10 @@ This replaces Beam's ``RunInference``, which runs each batch synchronously on th
 (the model and the Python stages took turns on one core) and pickles every batch's keys to count
 their bytes (``KeyedModelHandler.get_num_bytes``, ~3 µs per document).
 
-For masked models, ``SortByLength`` first orders documents by length within a bounded buffer, so
-that each batch holds documents of similar length and is padded only to its own longest one.
+With length bucketing (masked models, and unmasked ones padded ``pre``), ``EmbedBatches`` orders the
+documents by length within a bounded buffer of 32 batches, so that each batch holds documents of similar
+length (a masked batch is padded only to its own longest one; the padding-prefix engines run like lengths
+together) and queues the buffer's batches at once.
 Beam's ``SortAndBatchElements`` does the same sort but buffers a whole bundle (the whole input on
 the DirectRunner), and the length buckets of ``RunInference`` need ``max_batch_duration_secs``
 (stateful, streaming-oriented batching); a bounded buffer keeps memory flat in corpus size.
@@ -42,6 +44,7 @@ from beam_pipeline.options import JobConfig
 from transforms.errors import ERRORS, NAMESPACE, dead_letter
 from transforms.write import Rows
 
+SORT_BATCHES = 32  # length bucketing sorts documents this many batches at a time
 LOG = logging.getLogger("beam_pipeline.embed")  # shown at INFO whatever --log_level (see __main__)
 _IMPORTED = time.time()
 
@@ -114,45 +117,62 @@ class _Worker:
 
 class EmbedBatches(beam.DoFn):
     """Batches ``(doc_id, ids)`` and embeds each batch on the worker's inference thread while the
-    bundle goes on; outputs one ``Rows`` per batch, in order (tag ``errors``: dead letters)."""
+    bundle goes on; outputs one ``Rows`` per batch (tag ``errors``: dead letters).
 
-    def __init__(self, config: JobConfig, in_flight: int = 1):
+    ``sort_buffer`` > 0 (length bucketing): documents are gathered ``sort_buffer`` at a time, sorted by
+    length and cut into batches, which are all queued at once: the inference thread works through them
+    while the bundle thread reads and tokenizes the next buffer. (A sort in a DoFn of its own, as
+    before, handed the batches over in a burst that the bundle thread then waited out batch by batch:
+    reading and inference took turns.) At most ``max_pending`` batches are queued; a finished batch's
+    rows are emitted at the next document that arrives (or when the queue is full, or at
+    ``finish_bundle``), so memory stays bounded: one sort buffer filling and at most ``max_pending``
+    batches queued or done."""
+
+    def __init__(self, config: JobConfig, sort_buffer: int = 0):
         self.config = config
         self.batch_size = config.batch_size
-        self.in_flight = in_flight
+        self.sort_buffer = sort_buffer
+        # Unsorted: the next batch may wait behind the one running while a third fills.
+        self.max_pending = (-(-sort_buffer // self.batch_size) if sort_buffer else 0) + 2
         self._shared = shared.Shared()
 
     def setup(self):
         self._worker = self._shared.acquire(lambda: _Worker(load_embedder(self.config)))
 
     def start_bundle(self):
-        self._batch: list = []  # (doc_id, ids) of the batch filling
+        self._buffer: list = []  # (doc_id, ids) not yet handed over
         self._pending: collections.deque[tuple[list, Future]] = collections.deque()
 
     def process(self, element):
-        self._batch.append(element)
-        if len(self._batch) >= self.batch_size:
-            done = self._pending.popleft() if len(self._pending) >= self.in_flight else None
-            if done is not None:
-                done[1].exception()  # wait for it before handing over the next batch
-            self._submit()
-            if done is not None:
-                yield from self._outputs(*done)
+        self._buffer.append(element)
+        if len(self._buffer) >= (self.sort_buffer or self.batch_size):
+            yield from self._flush()
+        while self._pending and self._pending[0][1].done():
+            yield from self._outputs(*self._pending.popleft())
 
     def finish_bundle(self):
-        if self._batch:
-            self._submit()
         window = GlobalWindow()
-        while self._pending:
-            for out in self._outputs(*self._pending.popleft()):
-                if isinstance(out, beam.pvalue.TaggedOutput):
-                    yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, window.max_timestamp(), [window]))
-                else:
-                    yield WindowedValue(out, window.max_timestamp(), [window])
+        for out in self._drain():
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, window.max_timestamp(), [window]))
+            else:
+                yield WindowedValue(out, window.max_timestamp(), [window])
 
-    def _submit(self):
-        batch, self._batch = self._batch, []
-        self._pending.append((batch, self._worker.pool.submit(self._worker.run, [ids for _, ids in batch])))
+    def _drain(self):
+        yield from self._flush()
+        while self._pending:
+            yield from self._outputs(*self._pending.popleft())
+
+    def _flush(self):
+        """Hands the buffered documents over in batches (sorted by length first, with a sort buffer)."""
+        buffer, self._buffer = self._buffer, []
+        if self.sort_buffer:
+            buffer.sort(key=lambda element: len(element[1]))
+        for start in range(0, len(buffer), self.batch_size):
+            while len(self._pending) >= self.max_pending:  # the queue is full: wait for its oldest batch
+                yield from self._outputs(*self._pending.popleft())
+            batch = buffer[start:start + self.batch_size]
+            self._pending.append((batch, self._worker.pool.submit(self._worker.run, [ids for _, ids in batch])))
 
     def _outputs(self, batch: list, future: Future):
         try:
@@ -175,34 +195,6 @@ class EmbedBatches(beam.DoFn):
         yield Rows([doc_id for doc_id, _ in batch], out.lengths, list(out.columns.values()), out.offsets, out.windows)
 
 
-class SortByLength(beam.DoFn):
-    """Emits elements ``(doc_id, ids)`` sorted by ``len(ids)`` within buffers of ``buffer_size``."""
-
-    def __init__(self, buffer_size: int):
-        self.buffer_size = buffer_size
-        self._buffer: list = []
-
-    def start_bundle(self):
-        self._buffer = []
-
-    def process(self, element):
-        self._buffer.append(element)
-        if len(self._buffer) >= self.buffer_size:
-            yield from self._flush()
-
-    def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindow
-        from apache_beam.utils.windowed_value import WindowedValue
-
-        for element in self._flush():
-            yield WindowedValue(element, GlobalWindow().max_timestamp(), [GlobalWindow()])
-
-    def _flush(self):
-        buffer, self._buffer = self._buffer, []
-        buffer.sort(key=lambda element: len(element[1]))
-        return buffer
-
-
 class Embed(beam.PTransform):
     """``(doc_id, ids)`` -> ``Rows`` (one per batch, columns in the order of the job's columns), and
     the dead letters of batches whose inference failed."""
@@ -212,7 +204,7 @@ class Embed(beam.PTransform):
         self.config = config
 
     def expand(self, docs):
-        if self.config.length_bucketing:
-            docs = docs | "SortByLength" >> beam.ParDo(SortByLength(32 * self.config.batch_size))
-        out = docs | "EmbedBatches" >> beam.ParDo(EmbedBatches(self.config)).with_outputs(ERRORS, main="embedded")
+        sort_buffer = SORT_BATCHES * self.config.batch_size if self.config.length_bucketing else 0
+        out = docs | "EmbedBatches" >> beam.ParDo(EmbedBatches(self.config, sort_buffer)).with_outputs(
+            ERRORS, main="embedded")
         return out.embedded, out[ERRORS]
