@@ -150,25 +150,35 @@ def test_flink_taskmanager_killed_mid_job_is_restarted_and_every_document_writte
     killed: list[str] = []
     done = threading.Event()
 
+    logs_before = _log_sizes(flink_cluster)
+
+    def embedding_taskmanager() -> str | None:
+        """The name of a live TaskManager one of whose SDK workers has loaded the model for this job (the
+        embed stage's DoFn is set up there: its tasks are running), from the TaskManagers' logs. The
+        logs, not the REST API's records_in: those metrics refresh every 10 s, and the job can end
+        before a refresh shows anything."""
+        for name, proc in flink_cluster.processes.items():
+            path = os.path.join(flink_cluster.folder, f"{name}.log")
+            if not name.startswith("taskmanager") or proc.poll() is not None or not os.path.exists(path):
+                continue
+            with open(path, encoding="utf-8", errors="replace") as f:
+                f.seek(logs_before.get(path, 0))
+                if "model loaded in process" in f.read():
+                    return name
+        return None
+
     def kill_an_embedding_taskmanager():
-        """Watches the cluster's REST API; kills the TaskManager of an embed subtask that has
-        received documents, while it runs."""
+        """Kills the TaskManager of an SDK worker that has loaded the model, while the job runs."""
         while not done.is_set():
-            try:
-                jobs = [j for j in flink_cluster.jobs() if j["jid"] not in before and j["state"] == "RUNNING"]
-                embed = [s for s in flink_cluster.subtasks(jobs[0]["jid"])
-                         if "Embed" in s["vertex"] and s["status"] == "RUNNING" and s["records_in"] > 0] if jobs else []
-            except OSError:
-                embed = []
-            if embed:
-                tm = embed[0]["taskmanager"]
-                name = next(n for n, p in flink_cluster.processes.items()
-                            if n.startswith("taskmanager") and p.poll() is None
-                            and tm in open(os.path.join(flink_cluster.folder, f"{n}.log")).read())
+            name = embedding_taskmanager()
+            if name is not None:
+                with open(os.path.join(flink_cluster.folder, f"{name}.log"), encoding="utf-8", errors="replace") as f:
+                    log = f.read()
+                killed.extend(tm["id"] for tm in flink_cluster.taskmanagers() if tm["id"] in log)  # its REST id
                 flink_cluster.kill(name)
-                killed.append(tm)
+                killed.append(name)
                 return
-            time.sleep(0.2)
+            time.sleep(0.05)
 
     watcher = threading.Thread(target=kill_an_embedding_taskmanager, daemon=True)
     watcher.start()
