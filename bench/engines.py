@@ -9,7 +9,7 @@ model, in one run and on the same corpus:
 - ``predict``: ``keras.Model(model.inputs, layer.output).predict(X, batch_size=512)`` on the corpus
   padded as the model was trained, best of 3 passes: the baseline of every ratio;
 - every engine (``keras``, ``xla``, ``onnx``, ``table``) forced, through the job's own ``Embedder`` in batches
-  of 512 (length-sorted batches for masked models, as the job sorts them), steady state (the first
+  of 512 (length-sorted batches for masked and unmasked ``pre`` models, as the job sorts them), steady state (the first
   batch, which builds and verifies the engine, is timed apart as start-up);
 - the whole job, ``python -m beam_pipeline ... --engine auto`` as a child process
   (JSONL to finalized Parquet on the DirectRunner), on two corpora of the same distribution, N and
@@ -112,8 +112,8 @@ def cpu_peak_gflops() -> tuple[float, float, int]:
     return 32 * ghz * cores, ghz, cores
 
 
-def _batches(seqs: list[list[int]], masked: bool) -> list[list[list[int]]]:
-    if masked:  # the job sorts by length within bounded buffers
+def _batches(seqs: list[list[int]], sort: bool) -> list[list[list[int]]]:
+    if sort:  # the job sorts by length within bounded buffers (--length_bucketing auto)
         ordered = []
         for start in range(0, len(seqs), SORT_BUFFER):
             ordered += sorted(seqs[start:start + SORT_BUFFER], key=len)
@@ -127,7 +127,7 @@ def run_engine(model, name: str, engine: str, seqs: list[list[int]]) -> dict:
     maxlen, padding, _ = MODELS[name]
     start = time.perf_counter()
     embedder = Embedder(model, "target", "final", maxlen, padding=padding, engine=engine)
-    batches = _batches(seqs, embedder.info.masked)
+    batches = _batches(seqs, embedder.info.masked or padding == "pre")
     first = embedder.embed(batches[0])
     startup = time.perf_counter() - start
     timesteps = first.padded_timesteps
