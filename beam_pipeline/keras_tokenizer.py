@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -184,6 +185,21 @@ class KerasTokenizer:
             self._filter_re = None
             self._filter_repl = split
 
+        # Fast path for ASCII text split on " ": the filters as a bytes table, then str.split() with no
+        # argument, which equals split(" ") with empty pieces dropped as long as the filtered text holds
+        # no other ASCII whitespace (str.split() also splits on \t \n \r \x0b \x0c \x1c-\x1f; legacy
+        # splits on " " only). Texts holding any of those take the general path.
+        self._ascii_bytes: bytes | None = None
+        self._other_ascii_space: re.Pattern[str] | None = None
+        if split == " " and not char_level:
+            table_bytes = bytearray(range(128))
+            if self._ascii_table is not None:
+                for i, ch in enumerate(self._ascii_table):
+                    table_bytes[i] = ord(ch)
+            self._ascii_bytes = bytes(table_bytes) + bytes(range(128, 256))
+            others = [c for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f" if chr(self._ascii_bytes[ord(c)]) != " "]
+            self._other_ascii_space = re.compile("[" + re.escape("".join(others)) + "]") if others else None
+
     @classmethod
     def from_json(cls, json_string: str) -> KerasTokenizer:
         """Build a tokenizer from the JSON written by legacy ``Tokenizer.to_json()``.
@@ -251,6 +267,17 @@ class KerasTokenizer:
             if oov is None:
                 return [i for ch in text if (i := get(ch)) is not None]
             return [get(ch, oov) for ch in text]
+        if self._ascii_bytes is not None and text.isascii():
+            text = text.encode("ascii").translate(self._ascii_bytes).decode("ascii")
+            if self._other_ascii_space is None or not self._other_ascii_space.search(text):
+                words = text.split()
+                if oov is None:
+                    return [i for i in map(get, words) if i is not None]
+                return list(map(get, words, repeat(oov, len(words))))
+            words = text.split(self.split)
+            if oov is None:
+                return [i for w in words if (i := get(w)) is not None]
+            return [get(w, oov) for w in words if w]
         if self._ascii_table is not None:
             if text.isascii():
                 text = text.translate(self._ascii_table)

@@ -289,6 +289,21 @@ def test_whitespace_other_than_split_is_not_a_separator(legacy_tokenizer_cls):
     ]
 
 
+@pytest.mark.parametrize("filters", [DEFAULT_FILTERS, "", "!.\x1c\r", "\t"])
+@pytest.mark.parametrize("oov_token", [None, "<unk>"])
+def test_ascii_texts_with_every_ascii_whitespace_match_legacy(legacy_tokenizer_cls, filters, oov_token):
+    """ASCII texts take a fast path (bytes filter table, str.split()) unless the filtered text holds
+    whitespace str.split() would split on but legacy does not: random texts over every ASCII
+    whitespace and control character, words of the vocabulary among them, equal legacy's ids."""
+    rng = np.random.default_rng(len(filters) + (oov_token is None))
+    alphabet = list("ab cd!.,-AB") + ["  ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f",
+                                      "\x00", "\x7f"]
+    corpus = ["ab cd a b", "ab\rcd c\x1cd", "d\x0bd ab", "AB.cd"]
+    texts = ["".join(rng.choice(alphabet, size=int(rng.integers(0, 25)))) for _ in range(3000)]
+    legacy, ours = fit_pair(legacy_tokenizer_cls, corpus=corpus, filters=filters, oov_token=oov_token)
+    assert_parity(legacy, ours, texts)
+
+
 def test_filters_apply_after_lowercasing(legacy_tokenizer_cls):
     # Legacy quirk: lower() runs before filtering, so an upper-case filter
     # character never matches when lower=True.
