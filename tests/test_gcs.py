@@ -159,3 +159,21 @@ def test_missing_gs_model_is_a_config_error(gcs_emulator, gs_assets):  # noqa: F
     with pytest.raises(ConfigError, match=re.escape(f"--model file not found: {missing}")):
         run(argv)
     assert not list(gcs_emulator.client().list_blobs(gcs_emulator.bucket, prefix="out-missing/"))
+
+
+def test_gs_jsonl_files_read_in_byte_ranges_give_every_document_once(gcs_emulator, gs_assets, monkeypatch):  # noqa: F811
+    """Large uncompressed JSONL files are read in byte ranges: here every range a seek into a gs://
+    object (Beam's GCS reader), ranges of 2000 bytes so that the two demo files make dozens."""
+    from transforms import read
+
+    monkeypatch.setattr(read, "SPLIT_BYTES", 2000)
+    summary = run(_argv(gs_assets, gcs_emulator.uri("split/emb")))
+    assert summary["read"] == summary["embedded"] == 600 and summary["accounted"]
+    client = gcs_emulator.client()
+    bucket = client.bucket(gcs_emulator.bucket)
+    shards = [b.name for b in client.list_blobs(gcs_emulator.bucket, prefix="split/") if b.name.endswith(".parquet")]
+    ids = [i for n in shards for i in pq.read_table(pa.BufferReader(bucket.blob(n).download_as_bytes()))
+           .column("doc_id").to_pylist()]
+    assert len(ids) == len(set(ids)) == 600
+    sizes = [b.size for b in client.list_blobs(gcs_emulator.bucket, prefix="assets/corpus-")]
+    assert sum(-(-s // 2000) for s in sizes) > 20, "the files were split into many ranges"

@@ -127,3 +127,59 @@ def test_num_shards_spreads_rows_over_every_shard(small_job, tmp_path):
     ids = helpers.read_output(str(out)).column("doc_id").to_pylist()
     assert sorted(ids) == sorted(d for d, _ in docs)
     assert np.all(np.asarray(rows) > 0)
+
+
+# --- large JSONL files are read in byte ranges ------------------------------------------------------
+
+def _range_records(path, split_bytes: int) -> tuple[list, list, int]:
+    """(documents, dead letters, records counted) of ``path`` read as the job reads it: split into
+    ``split_bytes`` ranges (``split_files``), each range read by ``ReadRecords``."""
+    from transforms.read import COUNTS, split_files
+
+    docs, dead, counted = [], [], 0
+    for element in split_files((str(path), os.path.getsize(path)), split_bytes):
+        for out in ReadRecords("id", "text").process(element):
+            if getattr(out, "tag", None) == COUNTS:
+                counted += out.value
+            elif getattr(out, "tag", None) == "errors":
+                dead.append(out.value)
+            else:
+                docs.append(out)
+    return docs, dead, counted
+
+
+def test_jsonl_read_in_byte_ranges_gives_every_line_exactly_once(tmp_path):
+    """Ranges of 1, 7, 50 and 333 bytes tile a file with a byte-order mark, CRLF line ends, blank lines,
+    lines longer than a range, bad lines and no final newline: the same documents and dead letters as
+    one read of the whole file, each once; each range counts its own records."""
+    lines = [b'{"id": "a", "text": "the rocket launch"}', b"", b'{"id": "b", "text": "a recipe"}\r',
+             b"not json", b'{"id": "c", "text": "' + b"long text " * 40 + b'"}', b"   ", b"[1, 2]",
+             b'{"id": "d", "text": "caf\xc3\xa9"}', b'{"id": "e", "text": "\xff"}', b'{"id": "f", "text": "end"}']
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(BOM + b"\n".join(lines))
+    whole_docs, whole_dead, whole_count = _range_records(path, 0)
+    assert [d for d, _ in whole_docs] == ["a", "b", "c", "d", "f"] and len(whole_dead) == 3
+    for split_bytes in (1, 7, 50, 333):
+        docs, dead, counted = _range_records(path, split_bytes)
+        assert docs == whole_docs, split_bytes
+        assert [(r["reason"], r["input"]) for r in dead] == [(r["reason"], r["input"]) for r in whole_dead]
+        assert counted == whole_count == len(docs) + len(dead)
+    _, dead, _ = _range_records(path, 50)
+    assert any("big.jsonl@" in r["detail"] for r in dead), "a range past the start names the byte offset"
+
+
+def test_job_on_a_jsonl_file_split_into_ranges_writes_what_one_read_writes(small_job, tmp_path, monkeypatch):
+    from transforms import read
+
+    docs = [(f"r{i}", d["text"]) for i, d in enumerate(sample_corpus(300, seed=4))]
+    corpus = helpers.write_jsonl(tmp_path / "c.jsonl", docs)
+    whole = helpers.run_job(small_job.argv(corpus, tmp_path / "whole" / "emb", "--num_shards", "1"))
+    monkeypatch.setattr(read, "SPLIT_BYTES", 997)  # ~30 ranges
+    assert len(list(read.split_files((corpus, os.path.getsize(corpus)), read.SPLIT_BYTES))) > 20
+    split = helpers.run_job(small_job.argv(corpus, tmp_path / "split" / "emb", "--num_shards", "1"))
+    assert split["read"] == whole["read"] == len(docs) and split["accounted"]
+    got = helpers.read_output(str(tmp_path / "split" / "emb")).sort_by("doc_id")
+    want = helpers.read_output(str(tmp_path / "whole" / "emb")).sort_by("doc_id")
+    assert got.column("doc_id").to_pylist() == want.column("doc_id").to_pylist()
+    np.testing.assert_array_equal(np.stack(got.column("vector").to_numpy(zero_copy_only=False)),
+                                  np.stack(want.column("vector").to_numpy(zero_copy_only=False)))

@@ -13,8 +13,10 @@ leading UTF-8 byte-order mark is dropped in every text format:
 An empty or whitespace-only text is a document like any other: it gets a row, with no token. Only
 records without a usable text (unreadable, no id, no text field, a non-string text) are dead letters.
 
-A file is read by one worker; the file names are reshuffled so that files spread over workers (and,
-on Dataflow, the tokenized documents too: ``--reshuffle``, ``beam_pipeline/pipeline.py``).
+An uncompressed JSONL file larger than 64 MiB is read in 64 MiB byte ranges (each line belongs to
+the range it starts in); any other file is read by one worker. The files and ranges are reshuffled so
+that they spread over workers (and, on Dataflow, the tokenized documents too: ``--reshuffle``,
+``beam_pipeline/pipeline.py``).
 Each file also reports how many records it held (tag ``counts``), for the run's summary.
 """
 
@@ -86,21 +88,50 @@ def _lines(f, counted: list[int] | None = None) -> Iterator[bytes]:
     """Lines split on b"\\n" only (a text's own U+2028 or \\r stay inside its document); a leading
     UTF-8 byte-order mark (as Windows editors write) is not part of the first line. ``counted``: a
     one-item list that gets the bytes read added, as they are read."""
-    tail = f.read(len(BOM))
-    if tail == BOM:
-        tail = b""
+    for line, _ in _range_lines(f, 0, None, counted):
+        yield line
+
+
+def _range_lines(f, start: int, end: int | None, counted: list[int] | None = None) -> Iterator[tuple[bytes, int]]:
+    """``(line, byte offset of its start)`` for the lines of ``f`` that start in ``[start, end)``
+    (``end`` None: to the end of the file), split as ``_lines`` splits them. A range that starts inside
+    a line leaves that line to the range it started in, and the range's last line is read whole, past
+    ``end``: ranges that tile a file give each line exactly once."""
+    if start > 0:
+        f.seek(start - 1)  # the byte before: a newline there means a line starts at ``start``
+        offset, skip, tail = start - 1, True, b""
+    else:
+        tail = f.read(len(BOM))
+        offset, skip = 0, False
+        if tail == BOM:  # not part of the first line's text; that line still starts at byte 0 (ranges agree)
+            tail, offset = b"", len(BOM)
+    first = start == 0  # offset: where the next line's bytes start in the file
+
+    def split(parts):
+        nonlocal offset, skip, first
+        for line in parts:
+            line_start = 0 if first else offset
+            first = False
+            offset += len(line) + 1
+            if skip:
+                skip = False
+                continue
+            if end is not None and line_start >= end:
+                return True
+            yield line, line_start
+        return False
+
     for chunk in iter(lambda: f.read(1 << 20), b""):
         if counted is not None:  # bytes of an uncompressed file: its progress as it is read
             counted[0] += len(chunk)
             INPUT_BYTES.add(len(chunk))
         parts = (tail + chunk).split(b"\n")
         tail = parts.pop()
-        yield from parts
+        if (yield from split(parts)):
+            return
     # A file of at most len(BOM) bytes never entered the loop: its lines are still to be split.
     *parts, tail = tail.split(b"\n")
-    yield from parts
-    if tail:
-        yield tail
+    yield from split(parts + ([tail] if tail else []))
 
 
 def _is_utf8(text: str) -> bool:
@@ -124,17 +155,25 @@ class ReadRecords(beam.DoFn):
     def setup(self):
         INPUT_BYTES.start(self.run, self.total_bytes)
 
-    def process(self, element: str | tuple[str, int | None]):
-        path, size = element if isinstance(element, tuple) else (element, None)
+    def process(self, element: str | tuple):
+        """``element``: a path, ``(path, size)``, or ``(path, size, start, end)``: the lines of an
+        uncompressed JSONL file that start in bytes ``[start, end)`` (see ``split_files``)."""
+        path, size, start, end = (element, None, 0, None) if isinstance(element, str) else (
+            (*element, 0, None) if len(element) == 2 else element)
         fmt = file_format(path)
         count = 0
         self._counted = None if path.lower().endswith(COMPRESSED) else [0]  # compressed: counted once read
         with FileSystems.open(path) as f:
-            records = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}.get(fmt, self._text)(path, f)
+            if end is not None:
+                records = self._jsonl(path, f, start, end)
+            else:
+                reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}.get(fmt, self._text)
+                records = reader(path, f)
             for out in records:
                 count += 1
                 yield out
-        INPUT_BYTES.add(max((size or 0) - (self._counted[0] if self._counted else 0), 0))
+        expected = (end - start) if end is not None else (size or 0)
+        INPUT_BYTES.add(max(expected - (self._counted[0] if self._counted else 0), 0))
         Metrics.counter(NAMESPACE, "docs_read").inc(count)
         yield beam.pvalue.TaggedOutput(COUNTS, count)
 
@@ -166,23 +205,32 @@ class ReadRecords(beam.DoFn):
                 continue
             yield doc_id, text
 
-    def _jsonl(self, path: str, f) -> Iterator:
+    def _jsonl(self, path: str, f, start: int = 0, end: int | None = None) -> Iterator:
+        """Records of a JSONL file, or of the lines starting in ``[start, end)`` of it. A dead letter
+        says where its line is: ``name:line number`` when reading from the file's start, else
+        ``name@byte offset`` (the line number is unknown without reading the bytes before)."""
         name = posixpath.basename(path)
-        for number, raw in enumerate(_lines(f, self._counted), start=1):
+        lines = _range_lines(f, start, end, self._counted)
+        for number, (raw, offset) in enumerate(lines, start=1):
             if not raw.strip():
                 continue
             try:
                 record = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as e:
-                yield tagged(None, STAGE, "invalid_utf8", raw, f"{name}:{number}: {e}")
+                yield tagged(None, STAGE, "invalid_utf8", raw, f"{self._where(name, number, offset, start)}: {e}")
                 continue
             except json.JSONDecodeError as e:
-                yield tagged(None, STAGE, "invalid_json", raw, f"{name}:{number}: {e}")
+                yield tagged(None, STAGE, "invalid_json", raw, f"{self._where(name, number, offset, start)}: {e}")
                 continue
             if not isinstance(record, dict):
-                yield tagged(None, STAGE, "invalid_json", raw, f"{name}:{number}: not a JSON object")
+                yield tagged(None, STAGE, "invalid_json", raw,
+                             f"{self._where(name, number, offset, start)}: not a JSON object")
                 continue
             yield self._fields(record, raw)
+
+    @staticmethod
+    def _where(name: str, number: int, offset: int, start: int) -> str:
+        return f"{name}:{number}" if start == 0 else f"{name}@{offset}"
 
     def _csv(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)
@@ -215,22 +263,45 @@ class ReadRecords(beam.DoFn):
                 yield self._fields(record, record)
 
 
+# Uncompressed JSONL files larger than this are read in byte ranges of this size, by as many workers
+# (each range a separate element after the reshuffle). Other formats are read one worker per file: plain
+# text ids are line numbers (counting needs the bytes before), CSV fields may span lines, compressed
+# files cannot seek.
+SPLIT_BYTES = 64 << 20
+
+
+def split_files(element: tuple[str, int | None], split_bytes: int) -> Iterator[tuple]:
+    """``(path, size)`` -> ``(path, size, start, end)`` byte ranges for a large uncompressed JSONL file,
+    else the element as it is."""
+    path, size = element
+    if (file_format(path) != "jsonl" or path.lower().endswith(COMPRESSED) or not size or split_bytes <= 0
+            or size <= split_bytes):
+        yield element
+        return
+    for start in range(0, size, split_bytes):
+        yield path, size, start, min(start + split_bytes, size)
+
+
 class ReadCorpus(beam.PTransform):
     """``paths`` -> PCollections ``docs`` ``(doc_id, text)``, ``errors`` (dead letters), ``counts``.
-    ``sizes``: bytes per file where known, for the share of the input read that progress lines show."""
+    ``sizes``: bytes per file where known, for the share of the input read that progress lines show,
+    and to split large uncompressed JSONL files into ranges of ``split_bytes`` (default ``SPLIT_BYTES``)."""
 
-    def __init__(self, paths: list[str], id_field: str, text_field: str, sizes: dict[str, int] | None = None):
+    def __init__(self, paths: list[str], id_field: str, text_field: str, sizes: dict[str, int] | None = None,
+                 split_bytes: int | None = None):
         super().__init__()
         self.paths = paths
         self.id_field = id_field
         self.text_field = text_field
         self.sizes = sizes or {}
+        self.split_bytes = SPLIT_BYTES if split_bytes is None else split_bytes
 
     def expand(self, pbegin):
         total = sum(self.sizes.values()) if all(p in self.sizes for p in self.paths) else 0
         return (
             pbegin
             | "InputFiles" >> beam.Create([(p, self.sizes.get(p)) for p in self.paths])
+            | "SplitFiles" >> beam.FlatMap(split_files, self.split_bytes)
             | "SpreadFiles" >> beam.Reshuffle()
             | "ReadRecords" >> beam.ParDo(ReadRecords(self.id_field, self.text_field, total)).with_outputs(
                 "errors", COUNTS, main="docs"
