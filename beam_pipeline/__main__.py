@@ -89,7 +89,22 @@ def run(argv: list[str] | None = None, prog: str = PROG) -> dict | None:
         return None
     summary = json.loads(files.read_bytes(summary_path(config.output)))
     summary["metrics"] = metrics_of(result) if result is not None else {}
+    if summary["metrics"]:
+        _add_metrics_to_summary_file(config.output, summary)
     return summary
+
+
+def _add_metrics_to_summary_file(prefix: str, summary: dict) -> None:
+    """Rewrites ``PREFIX-summary.json`` with the run's metrics (tokens, padded timesteps, batches per
+    engine, inference time), known only once the runner has finished. The pipeline wrote the summary
+    last; this replaces it whole (a temp file renamed over it), so a reader sees one or the other."""
+    from apache_beam.io.filesystems import FileSystems
+
+    path = summary_path(prefix)
+    temp = path + ".metrics-tmp"
+    with FileSystems.create(temp) as f:
+        f.write(json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
+    FileSystems.rename([temp], [path])
 
 
 def print_summary(summary: dict) -> None:

@@ -97,6 +97,7 @@ def test_job_reads_and_writes_gs_uris(gcs_emulator, local_assets, gs_assets, tmp
     # The summary JSON, read back from the bucket.
     written = json.loads(bucket.blob("out/emb-summary.json").download_as_bytes())
     assert written["read"] == written["embedded"] == 600
+    assert written["metrics"] == summary["metrics"] and written["metrics"]["tokens"] > 0  # rewritten with them
     assert written["dead_lettered"] == 0 and written["accounted"]
     assert written["output_files"] == [gcs_emulator.uri(n) for n in shards]
     assert written["embedding_job"]["model"] == gs_assets["model"]

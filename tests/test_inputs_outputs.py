@@ -183,3 +183,20 @@ def test_job_on_a_jsonl_file_split_into_ranges_writes_what_one_read_writes(small
     assert got.column("doc_id").to_pylist() == want.column("doc_id").to_pylist()
     np.testing.assert_array_equal(np.stack(got.column("vector").to_numpy(zero_copy_only=False)),
                                   np.stack(want.column("vector").to_numpy(zero_copy_only=False)))
+
+
+def test_summary_file_carries_the_runs_metrics(small_job, tmp_path):
+    """The metrics (tokens, padded timesteps, batches per engine, inference time) are known once the
+    runner has finished: the summary file is rewritten with them, whole, and no temp file stays."""
+    docs = [(f"m{i}", d["text"]) for i, d in enumerate(sample_corpus(50, seed=2))]
+    corpus = helpers.write_jsonl(tmp_path / "c.jsonl", docs)
+    out = tmp_path / "out" / "emb"
+    summary = helpers.run_job(small_job.argv(corpus, out))
+    with open(f"{out}-summary.json", encoding="utf-8") as f:
+        written = json.load(f)
+    assert written == summary
+    metrics = written["metrics"]
+    assert metrics["batches"] >= 1 and metrics["embedded"] == len(docs)
+    assert metrics["tokens"] > 0 and metrics["padded_timesteps"] >= metrics["tokens"]
+    assert sum(v for k, v in metrics.items() if k.startswith("batches_")) == metrics["batches"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if "summary" in p.name) == ["emb-summary.json"]
