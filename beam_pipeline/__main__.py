@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from beam_pipeline import files  # noqa: E402
 from beam_pipeline.options import PROG, ConfigError, JobConfig, check_argv, job_parser, resolve  # noqa: E402
-from beam_pipeline.pipeline import build, existing_outputs, start_replacing, summary_path  # noqa: E402
+from beam_pipeline.pipeline import build, existing_outputs, start_replacing, summary_path, write_summary  # noqa: E402
 from transforms.errors import NAMESPACE  # noqa: E402
 from transforms.write import METADATA_KEY  # noqa: E402
 
@@ -102,8 +102,7 @@ def _add_metrics_to_summary_file(prefix: str, summary: dict) -> None:
 
     path = summary_path(prefix)
     temp = path + ".metrics-tmp"
-    with FileSystems.create(temp) as f:
-        f.write(json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
+    write_summary(temp, summary)
     FileSystems.rename([temp], [path])
 
 

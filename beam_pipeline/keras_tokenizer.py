@@ -274,11 +274,8 @@ class KerasTokenizer:
                 if oov is None:
                     return [i for i in map(get, words) if i is not None]
                 return list(map(get, words, repeat(oov, len(words))))
-            words = text.split(self.split)
-            if oov is None:
-                return [i for w in words if (i := get(w)) is not None]
-            return [get(w, oov) for w in words if w]
-        if self._ascii_table is not None:
+            # filtered already; split on " " only, below
+        elif self._ascii_table is not None:
             if text.isascii():
                 text = text.translate(self._ascii_table)
             else:

@@ -64,9 +64,14 @@ def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_re
         "columns": {name: dim for name, dim in config.columns},
         "embedding_job": config.provenance(),
     }
-    with FileSystems.create(summary_path(config.output)) as f:
-        f.write(json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
+    write_summary(summary_path(config.output), summary)
     yield summary
+
+
+def write_summary(path: str, summary: dict) -> None:
+    """The summary as the job writes it: indented JSON, UTF-8."""
+    with FileSystems.create(path) as f:
+        f.write(json.dumps(summary, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
 def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str, int] | None = None):
