@@ -128,8 +128,8 @@ def test_keras2_h5_without_the_translation_would_differ(keras2_h5, corpus, tmp_p
         for key in f:
             f.copy(key, g)
         config = json.loads(f.attrs["model_config"])
-        for _, layer_config in legacy.layer_configs(config):
-            layer_config.pop("time_major", None)
+        for _, entry in legacy.layer_configs(config):
+            entry["config"].pop("time_major", None)
         g.attrs.update({k: v for k, v in f.attrs.items() if k != "model_config"})
         g.attrs["model_config"] = json.dumps(config)
     model = keras.models.load_model(untranslated, compile=False)

@@ -98,7 +98,20 @@ def _keras_load(path: str, unsafe: bool):
         if "safe_mode" in str(e) or "arbitrary code" in str(e):
             raise ModelError(f"{path}: the model holds Python code (a Lambda layer) and was refused by Keras "
                              f"safe_mode. {_UNSAFE}") from e
-        raise
+        raise _cannot_build(path, e) from e
+    except Exception as e:  # a config Keras 3 cannot build: say so, with the file, not a stack trace
+        raise _cannot_build(path, e) from e
+
+
+def _cannot_build(path: str, e: Exception) -> ModelError:
+    import keras
+
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]  # Keras repeats the whole config
+    detail = lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"
+    detail = detail if len(detail) <= 500 else detail[:500] + " ..."
+    return ModelError(f"{path}: Keras {keras.__version__} cannot build this model from its config "
+                      f"({type(e).__name__}: {detail}). A custom layer cannot be loaded by this job; for a "
+                      "built-in one, please report the layer named here.")
 
 
 def _keras_zip_version(path: str) -> str:
@@ -144,6 +157,10 @@ def _load_h5(path: str, unsafe: bool, version: str | None = None, fmt: str = "h5
         shutil.copyfile(path, to_load)
         with h5py.File(to_load, "r+") as f:
             f.attrs["model_config"] = json.dumps(config)
+            if framework == "keras 2":
+                from beam_pipeline.model import legacy
+
+                legacy.convert_cudnn_weights(f, translations)
     try:
         model = _keras_load(to_load, unsafe)
     except ModelError as e:
