@@ -4,10 +4,13 @@ A batch is padded the way the model needs it:
 
 - unmasked models: exactly as trained, to ``maxlen`` with ``--padding`` (padding timesteps are
   part of what the layer computes, so they must stay);
-- masked models (the layer receives a mask: ``mask_zero=True`` or ``Masking``) with length
-  bucketing on: right-padded to the batch's own longest document. Masked timesteps leave the state
-  untouched, so the values equal those of fixed ``maxlen`` padding on either side, with far fewer
-  timesteps; right padding is also what cuDNN needs on a GPU.
+- models whose mask is exactly ``ids != 0`` (``Embedding(mask_zero=True)``, passed on unchanged)
+  with length bucketing on: right-padded to the batch's own longest document. Masked timesteps leave
+  the state untouched, so the values equal those of fixed ``maxlen`` padding on either side, with far
+  fewer timesteps; right padding is also what cuDNN needs on a GPU. A mask computed from the values
+  (a ``Masking`` layer) need not hide exactly the padding: such models are padded as unmasked ones;
+- models with a layer that needs the trained, static time axis (``TimeDistributed``, ``unroll=True``,
+  ``Reshape``; ``recurrent.needs_static_time_axis``) always run ``maxlen`` wide.
 
 ``sequence`` outputs keep only the real-token positions, so where padding went never shows. Vector
 *k* of a document is the layer's output right after it has read token *k*; for a ``go_backwards``
@@ -96,10 +99,22 @@ def kernel_path(info: recurrent.LayerInfo, layer, device: str) -> str:
 
 _as_arrays = engines.as_arrays
 
+
+def describe_mask(info: recurrent.LayerInfo) -> str:
+    """The layer's mask and what it means for padding, in words (log line, inspect)."""
+    if not info.masked:
+        return "none: padding required (the padding timesteps go through the layer)"
+    if info.mask_is_padding:
+        return f"{info.mask_source}: hides exactly the padding, whose side changes no value"
+    return f"{info.mask_source}: padding required, batches padded exactly as trained"
+
 # --engine auto: calibrating costs seconds (an ONNX graph built, XLA and table loops compiled, each
 # engine run and timed), which a small job never earns back. The Keras graph runs first; once it has
 # spent this long on a worker's batches, the next batch calibrates (a steady-state batch, too).
 CALIBRATE_AFTER_S = 2.0
+# The chosen engine is checked again on this many of a batch's longest documents whenever they are
+# longer than any it was checked on (at most maxlen times per worker).
+VERIFY_ROWS = 8
 
 
 class Embedder:
@@ -126,7 +141,11 @@ class Embedder:
         self.maxlen = maxlen
         self.padding = padding
         self.truncating = truncating
-        self.trim = bool(length_bucketing and self.info.masked)
+        if mode == "sequence":
+            recurrent.check_sequence_mode(model, self.layer, maxlen)
+        # Only a mask that is exactly ids != 0 makes the padding side and the batch width change no value.
+        self.static_time_axis = recurrent.needs_static_time_axis(model, self.layer)
+        self.trim = bool(length_bucketing and self.info.mask_is_padding and not self.static_time_axis)
         self.submodel = recurrent.build_submodel(model, self.layer, mode)
         # A model fed one-hot sequences gets token ids too: the one-hot tensor is built inside the
         # compiled step, padding (id 0) as the all-zero vector.
@@ -156,7 +175,8 @@ class Embedder:
         self.engine_context = engines.Context(
             model=model, layer=self.layer, info=self.info, mode=mode, maxlen=maxlen, padding=padding, device=device,
             input_dtype=self.input_dtype, model_dtype=self.model_dtype, one_hot_depth=self.one_hot_depth,
-            text_input=self.text_input, input_shape=self.input_shape, jit=bool(jit), submodel=self.submodel)
+            text_input=self.text_input, input_shape=self.input_shape, jit=bool(jit), submodel=self.submodel,
+            trimmed=self.trim)
         self.engine_request = engine
         self.engine: engines.Engine | None = None
         self.engine_report: dict = {}
@@ -166,16 +186,20 @@ class Embedder:
         self._last_engine: engines.Engine | None = None  # the one that ran the last batch
         self.kernel = kernel_path(self.info, self.layer, device)
         LOG.info(
-            "embedding layer %s (%s) mode=%s masked=%s length_bucketing=%s kernel path: %s; engine %s",
-            self.info.name, self.info.class_name, mode, self.info.masked, self.trim, self.kernel, engine,
+            "embedding layer %s (%s) mode=%s mask: %s; batch width %s; kernel path: %s; engine %s",
+            self.info.name, self.info.class_name, mode, describe_mask(self.info),
+            "trimmed to the longest document (length bucketing)" if self.trim else f"maxlen={maxlen}"
+            + (f" (static time axis for {', '.join(self.static_time_axis)})" if self.static_time_axis else ""),
+            self.kernel, engine,
         )
 
     def _compile_window(self):
         """The one-window step of ``--long_docs carry`` as a traced function of (ids, *states)."""
         import tensorflow as tf
 
-        window_model, sizes, n_target = recurrent.build_window_model(self.model_for_windows, self.layer, self.mode)
-        specs = [tf.TensorSpec([None, None], tf.dtypes.as_dtype(self.input_dtype))]
+        window_model, sizes, n_target = recurrent.build_window_model(self.model_for_windows, self.layer, self.mode,
+                                                                     timesteps=self.maxlen)
+        specs = [tf.TensorSpec([None, self.maxlen], tf.dtypes.as_dtype(self.input_dtype))]  # windows: maxlen wide
         specs += [tf.TensorSpec([None, n], tf.float32) for n in sizes]
 
         def step(x, *states):
@@ -190,8 +214,9 @@ class Embedder:
         """Reads each document window by window, every recurrent layer starting from the states it
         ended the previous window in: one pass over the whole document, in ``maxlen`` pieces.
 
-        Masked models: windows are the document's tokens in order, the last right-padded (masked).
-        Unmasked models: the document is padded to whole windows with ``--padding``, as trained."""
+        Models masked by ``ids != 0``: windows are the document's tokens in order, the last right-padded
+        (masked). Other models (unmasked, or a mask computed from the values): the document is padded
+        to whole windows with ``--padding``, as trained."""
         w = self.maxlen
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int32, count=len(seqs))
         windows = np.maximum(1, -(-lengths // w)).astype(np.int32)
@@ -200,7 +225,7 @@ class Embedder:
             width = int(n) * w
             padded = np.zeros(width, dtype=self.input_dtype)
             real = np.zeros(width, dtype=bool)
-            start = width - len(ids) if (not self.info.masked and self.padding == "pre") else 0
+            start = width - len(ids) if (not self.info.mask_is_padding and self.padding == "pre") else 0
             padded[start:start + len(ids)] = ids
             real[start:start + len(ids)] = True
             full.append(padded)
@@ -257,8 +282,37 @@ class Embedder:
         if self.engine is None:
             compare = (batch != 0) if (self.mode == "sequence" and not self.text_input) else None
             choice = engines.choose(self.engine_context, self.engine_request, batch, compare)
-            self.engine, self.engine_report = choice.engine, choice.report
+            self.engine, self.engine_report, self._keras_engine = choice.engine, choice.report, choice.reference
+            self._verified_length = int(np.count_nonzero(batch, axis=1).max(initial=0)) if not self.text_input else 0
         self._last_engine = self.engine
+        outputs = self.engine.run(batch)
+        if self.engine is not self._keras_engine and not self.text_input:
+            outputs = self._verify_longer(batch, outputs)
+        return outputs
+
+    def _verify_longer(self, batch: np.ndarray, outputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Checks the chosen engine again on the batch's longest documents whenever they are longer than
+        any it was checked on: round-off between two implementations grows with the number of steps,
+        and with length bucketing the calibration batch holds the shortest documents. An engine off by
+        more than ``engines.TOLERANCE`` is dropped for the rest of the run (the Keras graph runs on), and
+        this batch is run again on the graph."""
+        lengths = np.count_nonzero(batch, axis=1)
+        longest = int(lengths.max(initial=0))
+        if longest <= self._verified_length:
+            return outputs
+        rows = np.argsort(lengths, kind="stable")[-VERIFY_ROWS:]
+        want = self._keras_engine.run(batch[rows])
+        compare = (batch[rows] != 0) if self.mode == "sequence" else None
+        diff = engines.max_difference([o[rows] for o in outputs], want, compare)
+        if diff <= engines.TOLERANCE:
+            self._verified_length = longest
+            return outputs
+        name = self.engine.name
+        message = (f"engine {name} differs from the Keras graph by {diff:.3g} > {engines.TOLERANCE:g} on documents "
+                   f"of {longest} tokens (checked up to {self._verified_length}); the Keras graph runs the rest")
+        LOG.warning("%s", message)
+        self.engine_report.setdefault(name, {})["dropped"] = message
+        self.engine = self._last_engine = self._keras_engine
         return self.engine.run(batch)
 
     def pad(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -269,7 +323,7 @@ class Embedder:
         else:
             width = self.maxlen
         positions = np.arange(width, dtype=np.int32)[None, :]
-        if self.info.masked or self.padding == "post":  # masked: right padding is exact, and what cuDNN needs
+        if self.info.mask_is_padding or self.padding == "post":  # ids != 0 mask: right padding is exact (cuDNN's)
             real = positions < lengths[:, None]
         else:
             real = positions >= (width - lengths)[:, None]

@@ -133,19 +133,20 @@ def _recurrent_entry(index: int, layer, model) -> dict[str, Any]:
         entry["error"] = str(e)
         return entry
     entry.update(dataclasses.asdict(info), state_names=list(info.state_names), columns=_columns(info),
-                 weights=weights, pad_flags=_pad_flags(info.masked, recurrent.takes_text(model)))
+                 weights=weights, pad_flags=_pad_flags(info, recurrent.takes_text(model)))
     return entry
 
 
-def _pad_flags(masked: bool, takes_text: bool) -> dict[str, str]:
+def _pad_flags(info: recurrent.LayerInfo, takes_text: bool) -> dict[str, str]:
     """For ``--padding`` and ``--truncating``: whether the job requires it for this layer, and why."""
     if takes_text:
         return {flag: "not used: the model's TextVectorization pads and truncates (post) itself"
                 for flag in ("padding", "truncating")}
-    matter = sides_that_matter(masked, takes_text, "truncate")
+    matter = sides_that_matter(info.mask_is_padding, takes_text, "truncate", info.mask_source)
     out = {}
     out["padding"] = (f"required: {matter['padding']}" if "padding" in matter
-                      else "optional: the model masks the padding, so its side changes no value")
+                      else "optional: the model's mask is ids != 0 (it hides exactly the padding), so its side "
+                           "changes no value")
     out["truncating"] = (f"required: {matter['truncating']} (not with --long_docs carry, which cuts nothing)")
     return out
 
@@ -271,7 +272,12 @@ def render_text(report: dict) -> str:
         kind = t["class_name"] + (f"({t['cell_class']}, merge_mode={t['merge_mode']})" if t["bidirectional"] else "")
         lines.append(f"  {kind}, units={t['units']}, input features={t['input_dim']}, "
                      f"receives a mask={_yes(t['masked'])}")
-        lines.append(f"  masked: {_yes(t['masked'])}; --padding {t['pad_flags']['padding']}")
+        if t["masked"]:
+            lines.append(f"  mask: {t['mask_source']}")
+        lines.append(f"  masked: {_yes(t['masked'])}"
+                     + (" (by a Masking layer or another mask computed from the values: padding required)"
+                        if t["masked"] and not t["mask_is_padding"] else "")
+                     + f"; --padding {t['pad_flags']['padding']}")
         lines.append(f"  --truncating {t['pad_flags']['truncating']}")
         lines.append(f"  Parquet columns after {report['leading_columns']} "
                      f"({report['dtype']}; float16 with --dtype float16):")

@@ -72,8 +72,9 @@ class EmbeddingOptions(PipelineOptions):
         group.add_argument("--maxlen", type=int, default=None,
                            help="Timesteps per document. Default: the model's fixed input length.")
         group.add_argument("--padding", default=None, choices=PAD_SIDES,
-                           help="Side padding goes, as the model was trained. Required for a model without a "
-                                "mask (it changes every vector); " + KERAS_DEFAULTS + ".")
+                           help="Side padding goes, as the model was trained. Required unless the model's mask is "
+                                "Embedding(mask_zero=True) (padding changes the vectors of unmasked models and of "
+                                "Masking layers); " + KERAS_DEFAULTS + ".")
         group.add_argument("--truncating", default=None, choices=PAD_SIDES,
                            help="Which end of a document longer than maxlen is cut, as the model was trained. "
                                 "Required (it decides which tokens are kept), except with --long_docs carry.")
@@ -203,7 +204,7 @@ class JobConfig:
     layer: str  # resolved layer name
     mode: str
     maxlen: int
-    padding: str | None  # None: it changes no value (a masked model)
+    padding: str | None  # None: it changes no value (a mask that is exactly ids != 0)
     truncating: str | None  # None: nothing is truncated (--long_docs carry)
     long_docs: str
     id_field: str
@@ -320,13 +321,18 @@ def _check_text_model(o: EmbeddingOptions, model) -> tuple[int, None, None]:
     return int(length or 0), None, None
 
 
-def sides_that_matter(masked: bool, takes_text: bool, long_docs: str) -> dict[str, str]:
+def sides_that_matter(mask_is_padding: bool, takes_text: bool, long_docs: str,
+                      mask_source: str = "") -> dict[str, str]:
     """Which of ``--padding`` / ``--truncating`` change the values for this model, and why; the
-    others are not required. A raw-text model's TextVectorization pads and truncates by itself."""
+    others are not required. Only a mask that is exactly ``ids != 0`` (``recurrent.LayerInfo.mask_is_padding``)
+    makes the padding side change no value. A raw-text model's TextVectorization pads and truncates by itself."""
     if takes_text:
         return {}
     matter = {}
-    if not masked:
+    if not mask_is_padding and mask_source:
+        matter["padding"] = (f"the model is masked by {mask_source}; that mask depends on the values, not only "
+                             "on the padding ids, so the padding timesteps may go through the recurrent layer")
+    elif not mask_is_padding:
         matter["padding"] = ("the model has no mask, so the padding timesteps go through the recurrent layer "
                              "and change every vector")
     if long_docs == "truncate":
@@ -334,7 +340,7 @@ def sides_that_matter(masked: bool, takes_text: bool, long_docs: str) -> dict[st
     return matter
 
 
-def _check_sides(o: EmbeddingOptions, masked: bool, takes_text: bool) -> tuple[str | None, str | None]:
+def _check_sides(o: EmbeddingOptions, info: recurrent.LayerInfo, takes_text: bool) -> tuple[str | None, str | None]:
     """(padding, truncating) for the job; refuses a missing one that changes the values."""
     if takes_text:
         for flag in ("padding", "truncating"):
@@ -342,7 +348,7 @@ def _check_sides(o: EmbeddingOptions, masked: bool, takes_text: bool) -> tuple[s
                 raise ConfigError(f"--{flag} {getattr(o, flag)} cannot apply: the model's TextVectorization pads "
                                   f"and truncates at the end (post) itself; leave --{flag} out")
         return "post", "post"
-    matter = sides_that_matter(masked, takes_text, o.long_docs)
+    matter = sides_that_matter(info.mask_is_padding, takes_text, o.long_docs, info.mask_source)
     missing = [flag for flag in matter if getattr(o, flag) is None]
     if missing:
         reasons = "; ".join(f"--{flag}: {matter[flag]}" for flag in missing)
@@ -409,7 +415,12 @@ def resolve(options: PipelineOptions) -> JobConfig:
     else:
         maxlen = _check_maxlen(o, model)
         tokenizer_sha, depth = _check_tokenizer(o, model, layer)
-    padding, truncating = _check_sides(o, info.masked, recurrent.takes_text(model))
+    padding, truncating = _check_sides(o, info, recurrent.takes_text(model))
+    if o.mode == "sequence":
+        try:
+            recurrent.check_sequence_mode(model, layer, maxlen)
+        except recurrent.ModelError as e:
+            raise ConfigError(str(e)) from e
 
     if o.engine not in ("auto", "keras"):
         if o.long_docs == "carry":
@@ -442,10 +453,11 @@ def resolve(options: PipelineOptions) -> JobConfig:
         num_shards=o.num_shards,
         batch_size=o.batch_size,
         device=o.device,
-        # Masked: sorted, each batch padded to its longest. Unmasked pre: sorted only (still padded to maxlen), so
-        # the engines that skip the padding prefix (onnx, table) run chunks of like lengths: +20% (bench, 2026-11-25).
+        # Masked by ids != 0: sorted, each batch padded to its longest. Padded pre otherwise: sorted only (still
+        # padded to maxlen), so the engines that skip the padding prefix (onnx, table) run chunks of like lengths:
+        # +20% (bench, 2026-11-25).
         length_bucketing=(o.length_bucketing == "auto" and not recurrent.takes_text(model)
-                          and (info.masked or (padding == "pre" and o.long_docs != "carry"))),
+                          and (info.mask_is_padding or (padding == "pre" and o.long_docs != "carry"))),
         jit=o.jit == "auto",
         compression=o.compression,
         dtype=o.dtype,

@@ -103,6 +103,11 @@ class LayerInfo:
     masked: bool  # the layer receives a mask in the trained graph
     input_dim: int  # features per timestep reaching the layer
     state_names: tuple[str, ...] = field(default=())
+    # The mask is exactly ``ids != 0`` (an Embedding with mask_zero=True, passed on unchanged): it hides the
+    # padding and nothing else, so the padding side and the batch width change no value. A mask computed from
+    # the values (a Masking layer) is not: such a model is padded exactly as trained, like an unmasked one.
+    mask_is_padding: bool = False
+    mask_source: str = ""  # what computes the mask, in words ("" when the layer receives none)
 
     @property
     def output_dim(self) -> int:
@@ -162,6 +167,7 @@ def describe_layer(layer, model=None) -> LayerInfo:
     names = tuple(f"{n}_{d}" for d in ("fw", "bw") for n in base) if bidirectional else base
     args, kwargs = inbound_call(layer, model)
     mask = kwargs.get("mask")
+    mask_is_padding, mask_source = _mask_origin(mask, model) if mask is not None else (False, "")
     return LayerInfo(
         name=layer.name,
         class_name=_base_class_name(layer),
@@ -172,7 +178,169 @@ def describe_layer(layer, model=None) -> LayerInfo:
         masked=mask is not None,
         input_dim=int(args[0].shape[-1]),
         state_names=names,
+        mask_is_padding=mask_is_padding,
+        mask_source=mask_source,
     )
+
+
+def _produced_by(tensor):
+    """(operation, its call's arguments) that produced a symbolic tensor, or (None, None)."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None, None
+    operation, node_index = history[0], history[1]
+    nodes = getattr(operation, "_inbound_nodes", [])
+    if node_index >= len(nodes):
+        return operation, None
+    return operation, nodes[node_index].arguments
+
+
+def _is_zero(value) -> bool:
+    import numpy as np
+
+    try:
+        return np.ndim(value) == 0 and float(value) == 0.0
+    except (TypeError, ValueError):
+        return False
+
+
+def _not_equal_zero(tensor):
+    """The tensor ``x`` when ``tensor`` is ``not_equal(x, 0)`` (either order), else None."""
+    keras = _keras()
+    operation, arguments = _produced_by(tensor)
+    if type(operation).__name__ != "NotEqual" or arguments is None or arguments.kwargs or len(arguments.args) != 2:
+        return None
+    a, b = arguments.args
+    if isinstance(a, keras.KerasTensor) and _is_zero(b):
+        return a
+    if isinstance(b, keras.KerasTensor) and _is_zero(a):
+        return b
+    return None
+
+
+def _mask_origin(mask, model) -> tuple[bool, str]:
+    """(the mask is exactly ``ids != 0``, what computes it in words), decided from the trained graph.
+
+    ``ids != 0`` is what an ``Embedding(mask_zero=True)`` reading the model's token ids computes
+    (``not_equal(ids, 0)``); the layers between it and the target (dropout, recurrent layers with
+    return_sequences, ...) pass that very tensor on. A ``Masking(0.0)`` straight on a one-hot input
+    (``any(x != 0, axis=-1)``) is the same mask: the job feeds padding as the all-zero vector. Any other
+    mask (a Masking layer on embedded values, a mask a layer recomputes or combines) depends on the values,
+    not on the padding alone."""
+    keras = _keras()
+    inputs = list(getattr(model, "inputs", None) or [])
+    ids = inputs[0] if len(inputs) == 1 else None
+    if ids is not None and takes_text(model):
+        try:
+            ids = text_vectorization(model).output  # the ids the model's own TextVectorization pads
+        except ModelError:
+            ids = None
+    operation, arguments = _produced_by(mask)
+    if ids is not None and one_hot_depth(model) is None and _not_equal_zero(mask) is ids:
+        return True, "ids != 0 (Embedding mask_zero=True)"
+    if type(operation).__name__ != "Any" or arguments is None or len(arguments.args) != 1:
+        if isinstance(operation, keras.layers.Layer):
+            return False, f"a mask computed by layer {operation.name!r} ({type(operation).__name__})"
+        return False, f"a mask computed by {type(operation).__name__} from the values, not the padding ids alone"
+    axis = getattr(operation, "axis", None)
+    axis = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+    if (ids is not None and one_hot_depth(model) is not None and _not_equal_zero(arguments.args[0]) is ids
+            and axis in ([-1], [len(ids.shape) - 1]) and not getattr(operation, "keepdims", False)):
+        return True, "ids != 0 (Masking(0.0) on the one-hot input, whose padding is the all-zero vector)"
+    compared, inner = _produced_by(arguments.args[0])
+    values = inner.args[0] if type(compared).__name__ == "NotEqual" and inner is not None and inner.args else None
+    for candidate in model.layers:
+        if isinstance(candidate, keras.layers.Masking) and values is not None and any(
+                values is t for node in candidate._inbound_nodes for t in keras.tree.flatten(node.arguments.args)):
+            return False, (f"a Masking layer {candidate.name!r} (mask_value={candidate.mask_value}): it masks the "
+                           "timesteps whose values all equal mask_value, which need not be exactly the padding")
+    return False, "a mask computed from the values (any(x != v)), not the padding ids alone"
+
+
+def layers_up_to(model, layer) -> list:
+    """Every operation (layers, and the ``keras.ops`` of a functional graph) that ``layer``'s output
+    depends on, ``layer`` itself first, then the ones below it (nested layers not unwrapped)."""
+    keras = _keras()
+    found, seen = [layer], {id(layer)}
+    args, kwargs = inbound_call(layer, model)
+    todo = [t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+    while todo:
+        operation, arguments = _produced_by(todo.pop())
+        if operation is None or id(operation) in seen:
+            continue
+        seen.add(id(operation))
+        found.append(operation)
+        if arguments is not None:
+            todo += [t for t in keras.tree.flatten((arguments.args, arguments.kwargs))
+                     if isinstance(t, keras.KerasTensor)]
+    return found
+
+
+def needs_static_time_axis(model, layer) -> list[str]:
+    """The layers up to ``layer`` that compute other values (or fail) unless the time axis is the
+    trained, static one: ``TimeDistributed`` (Keras 3 loops over the static time axis, and over the
+    batch when it is unknown), recurrent layers with ``unroll=True`` (no loop without a static length),
+    ``Reshape`` / ``Flatten`` (the time axis is part of their shapes). A model with one always runs
+    ``maxlen`` wide, with a static time axis. Returns "name (why)" per such layer, empty when none."""
+    keras = _keras()
+    reasons = []
+    for operation in layers_up_to(model, layer):
+        rnns = [operation.forward_layer, operation.backward_layer] if isinstance(
+            operation, keras.layers.Bidirectional) else [operation]
+        if isinstance(operation, keras.layers.TimeDistributed):
+            reasons.append(f"{operation.name} (TimeDistributed)")
+        elif any(isinstance(r, keras.layers.RNN) and getattr(r, "unroll", False) for r in rnns):
+            reasons.append(f"{operation.name} (unroll=True)")
+        elif isinstance(operation, (keras.layers.Reshape, keras.layers.Flatten)):
+            reasons.append(f"{operation.name} ({type(operation).__name__})")
+    return reasons
+
+
+def timesteps_seen(model, layer, maxlen: int) -> tuple[int | None, str]:
+    """(the length of the time axis ``layer`` reads when the model's input is ``maxlen`` steps long,
+    the layer nearest the input whose output differs from ``maxlen`` steps, in words, or "").
+
+    From the trained graph's static shapes; for a model whose input length is not fixed, from the
+    shapes Keras infers for an input ``maxlen`` steps long (nothing is computed)."""
+    keras = _keras()
+    args, _ = inbound_call(layer, model)
+    path, tensor = [], args[0]  # the target's input and the tensors below it, along the first inputs
+    while True:
+        operation, arguments = _produced_by(tensor)
+        if operation is None or isinstance(operation, keras.layers.InputLayer) or arguments is None:
+            break
+        path.append((operation, tensor))
+        below = [t for t in keras.tree.flatten(arguments.args) if isinstance(t, keras.KerasTensor)]
+        if not below:
+            break
+        tensor = below[0]
+    path.reverse()  # from the input up to the target's input
+    shapes = [tuple(t.shape) for _, t in path]
+    inputs = list(model.inputs)
+    if (any(len(shape) < 2 or shape[1] is None for shape in shapes) and len(inputs) == 1
+            and len(inputs[0].shape) >= 2 and inputs[0].shape[1] is None):
+        try:
+            probe = keras.Model(inputs, [t for _, t in path])
+            spec = keras.KerasTensor((1, maxlen, *inputs[0].shape[2:]), dtype=inputs[0].dtype)
+            shapes = [tuple(o.shape) for o in keras.tree.flatten(probe.compute_output_spec(spec))]
+        except Exception:  # shapes Keras cannot infer: the time axis stays unknown
+            pass
+    seen = shapes[-1][1] if shapes and len(shapes[-1]) >= 2 else None
+    for (operation, _), shape in zip(path, shapes):
+        if len(shape) < 2 or shape[1] != maxlen:
+            return seen, f"{operation.name!r} ({type(operation).__name__})"
+    return seen, ""
+
+
+def check_sequence_mode(model, layer, maxlen: int) -> None:
+    """``--mode sequence`` writes one vector per real token, the layer's output at that token's
+    position: the layer must read one timestep per input position. Raises ModelError otherwise."""
+    seen, changed_by = timesteps_seen(model, layer, maxlen)
+    if seen is not None and seen != maxlen:
+        raise ModelError(
+            f"--mode sequence needs one output per token: layer {layer.name!r} sees {seen} timesteps for maxlen "
+            f"{maxlen} (layer {changed_by} changes the time axis, as Conv1D with padding='valid' or pooling "
+            "do); use --mode final or states")
 
 
 def _clone_for_mode(layer, mode: str):
@@ -292,17 +460,18 @@ def carry_chain(model, layer) -> list:
     return chain[::-1]
 
 
-def build_window_model(model, layer, mode: str):
+def build_window_model(model, layer, mode: str, timesteps: int | None = None):
     """A model that reads one window: inputs ``[ids, *states_in]``, outputs ``[*target outputs,
     *states_out]``, with one initial-state input (and final-state output) per state of every
     recurrent layer in the chain. The target outputs are as in ``build_submodel`` for ``mode``;
-    ``states_out`` is in chain order, the target's own states last.
+    ``states_out`` is in chain order, the target's own states last. ``timesteps``: the windows' static
+    length (which TimeDistributed and ``unroll=True`` layers need), None for any.
 
     Returns (model, state sizes in input order, number of target outputs)."""
     keras = _keras()
     chain = carry_chain(model, layer)
     info = describe_layer(layer, model)
-    shape = (None,) + tuple(model.inputs[0].shape[2:])
+    shape = (timesteps,) + tuple(model.inputs[0].shape[2:])
     ids = keras.Input(shape, dtype=model.inputs[0].dtype, name="window")
     state_inputs, state_outputs, sizes = [], [], []
     x, mask = ids, None

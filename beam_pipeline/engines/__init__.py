@@ -1,8 +1,9 @@
 """Ways to run the truncated sub-model over one padded batch, behind one small interface.
 
-An engine takes the batch ``Embedder.pad`` builds (``(B, T)`` token ids, right-padded for masked
-models, padded as trained otherwise) and returns the same list of arrays as the Keras sub-model
-(``recurrent.build_submodel``): ``[vector]``, ``[sequence]`` or the states.
+An engine takes the batch ``Embedder.pad`` builds (``(B, T)`` token ids, right-padded for models
+masked by ``ids != 0`` (``T`` <= maxlen when trimmed), padded as trained to ``maxlen`` otherwise)
+and returns the same list of arrays as the Keras sub-model (``recurrent.build_submodel``):
+``[vector]``, ``[sequence]`` or the states.
 
 - ``keras``: the sub-model as a TensorFlow graph function (the reference every other engine is
   checked against);
@@ -48,7 +49,7 @@ class Context:
     info: Any  # recurrent.LayerInfo
     mode: str
     maxlen: int
-    padding: str  # how unmasked batches are padded (masked ones are always right-padded)
+    padding: str  # how batches are padded, unless the mask is ids != 0 (then always right-padded)
     device: str  # "cpu" or "gpu"
     input_dtype: str  # dtype of the padded batch
     model_dtype: str
@@ -57,6 +58,7 @@ class Context:
     input_shape: tuple
     jit: bool  # --jit auto: XLA may be tried
     submodel: Any = None
+    trimmed: bool = False  # batches may be narrower than maxlen (length bucketing of an ids != 0 mask)
     extra: dict = field(default_factory=dict)  # shared between engines (the graph function)
 
 
@@ -160,14 +162,16 @@ def _timed(engine: Engine, batch: np.ndarray, repeat: int) -> float:
 class Choice:
     engine: Engine
     report: dict  # name -> {"seconds", "startup_s", "max_diff"} or {"declined"} / {"dropped"}
+    reference: Engine  # the Keras graph (the engine itself when it was chosen)
 
 
 def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray | None = None,
            repeat: int = 2) -> Choice:
     """Builds, verifies and times the engines on ``batch``; returns the fastest exact one.
 
-    ``requested`` is ``auto`` or one engine's name (which then must accept the model and match
-    Keras, else ``EngineError``). The Keras graph is always built: it is the reference."""
+    ``requested`` is ``auto`` or one engine's name (which then must accept the model, else
+    ``EngineError``; one that fails to build or differs from Keras is dropped with a warning, and the
+    Keras graph runs instead). The Keras graph is always built: it is the reference."""
     engines = registry()
     if requested != "auto" and requested not in engines:
         raise EngineError(f"unknown engine {requested!r}; choose one of {', '.join(CHOICES)}")
@@ -184,7 +188,7 @@ def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray 
         report.update({n: {"declined": reason} for n, reason in reasons.items() if reason})
         LOG.info("engine keras for layer %s (%s): %s", ctx.info.name,
                  "forced" if requested == "keras" else "the only eligible one", report)
-        return Choice(reference, report)
+        return Choice(reference, report, reference)
     timed: dict[str, float] = {"keras": _timed(reference, batch, repeat)}
     report["keras"] = {"seconds": round(timed["keras"], 5), "startup_s": round(startup, 4), "max_diff": 0.0}
     built: dict[str, Engine] = {"keras": reference}
@@ -200,19 +204,18 @@ def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray 
             engine = engines[name](ctx)
             got = engine.warm_up(batch)
             startup = time.perf_counter() - start
-        except Exception as e:  # an engine that fails to build is dropped, never fatal in auto
-            if requested != "auto":
-                raise EngineError(f"--engine {name} failed to build: {e}") from e
-            LOG.warning("engine %s dropped: it failed to build: %s", name, e)
+        except Exception as e:  # an engine that fails to build is dropped, never fatal
+            LOG.warning("engine %s dropped: it failed to build: %s%s", name, e,
+                        "" if requested == "auto" else "; the Keras graph runs this model instead")
             report[name] = {"dropped": f"build failed: {e}"}
             continue
         diff = max_difference(got, want, compare)
         if not diff <= TOLERANCE:
             message = (f"engine {name} differs from the Keras graph by {diff:.3g} > {TOLERANCE:g} "
                        "on the calibration batch")
-            if requested != "auto":
-                raise EngineError(message)
-            LOG.warning("%s: dropped", message)
+            # Never fatal: a forced engine too gives way to the Keras graph, whose values are the exact ones.
+            LOG.warning("%s: dropped%s", message, "" if requested == "auto" else
+                        "; the Keras graph runs this model instead of the forced engine")
             report[name] = {"dropped": message, "max_diff": diff}
             continue
         timed[name] = _timed(engine, batch, repeat)
@@ -221,9 +224,9 @@ def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray 
     if requested == "auto":
         best = min(timed, key=timed.get)
     else:
-        best = requested
+        best = requested if requested in built else "keras"
     LOG.info("engine %s chosen for layer %s on a %s calibration batch: %s", best, ctx.info.name,
              "x".join(map(str, batch.shape)), report)
     if best == "xla":
         built[best].rent_until_compiled(startup_s=report["xla"]["startup_s"] - timed["xla"])
-    return Choice(built[best], report)
+    return Choice(built[best], report, reference)

@@ -41,7 +41,10 @@ def _spec(ctx: Context):
 
     if ctx.text_input:
         return [tf.TensorSpec([None, *ctx.input_shape], tf.string)]
-    return [tf.TensorSpec([None, None], tf.dtypes.as_dtype(ctx.input_dtype))]
+    # Untrimmed batches are always maxlen wide: a static time axis, which TimeDistributed (it loops over
+    # the static time axis, over the batch when that is unknown) and unroll=True need.
+    width = None if ctx.trimmed else ctx.maxlen
+    return [tf.TensorSpec([None, width], tf.dtypes.as_dtype(ctx.input_dtype))]
 
 
 def graph_function(ctx: Context):

@@ -106,6 +106,26 @@ def _check_rnn(rnn, is_target: bool, backward: bool = False) -> str | None:
     return None
 
 
+# Settings of a recurrent layer that change nothing the ONNX op computes at inference: the rest of the config
+# (activation, recurrent_activation, use_bias, reset_after, ...) must be the same in both halves of a
+# Bidirectional layer, as the op has one ``linear_before_reset`` and this graph one setting per attribute.
+_NOT_COMPUTED = {"name", "trainable", "go_backwards", "return_sequences", "return_state", "stateful", "unroll",
+                 "use_cudnn", "implementation", "dropout", "recurrent_dropout", "seed", "time_major",
+                 "zero_output_for_mask", "unit_forget_bias"}
+
+
+def _halves_differ(layer) -> str | None:
+    """Why a Bidirectional layer's two halves cannot be one ONNX op: a setting that differs between them."""
+    fw, bw = layer.forward_layer.get_config(), layer.backward_layer.get_config()
+    for key in sorted(set(fw) | set(bw)):
+        if key in _NOT_COMPUTED or key.endswith(("_initializer", "_regularizer", "_constraint")):
+            continue
+        if fw.get(key) != bw.get(key):
+            return (f"Bidirectional {layer.name!r}: its forward and backward layers differ in {key} "
+                    f"({fw.get(key)!r} and {bw.get(key)!r}); the ONNX op runs both directions with one setting")
+    return None
+
+
 def why_not(ctx: Context) -> str | None:
     keras = _keras()
     if ctx.device != "cpu":
@@ -120,8 +140,9 @@ def why_not(ctx: Context) -> str | None:
     embedding = chain[0]
     if getattr(embedding, "quantization_mode", None) or getattr(embedding, "lora_enabled", False):
         return f"the Embedding {embedding.name!r} is quantized or has LoRA weights"
-    if ctx.info.masked and not embedding.mask_zero:
-        return "the mask does not come from Embedding(mask_zero=True) (a Masking layer?)"
+    if ctx.info.masked and not (ctx.info.mask_is_padding and embedding.mask_zero):
+        return (f"the mask is {ctx.info.mask_source or 'not ids != 0'}, not ids != 0 from Embedding(mask_zero=True): "
+                "it cannot be sequence lengths")
     for below in chain:
         if below.dtype_policy.compute_dtype != "float32":
             return f"layer {below.name!r} computes in {below.dtype_policy.compute_dtype}, not float32"
@@ -133,7 +154,7 @@ def why_not(ctx: Context) -> str | None:
             fw, bw = below.forward_layer, below.backward_layer
             if type(fw) is not type(bw) or fw.cell.units != bw.cell.units:
                 return f"Bidirectional {below.name!r} has different forward and backward layer kinds"
-            reason = _check_rnn(fw, is_target) or _check_rnn(bw, is_target, backward=True)
+            reason = _check_rnn(fw, is_target) or _check_rnn(bw, is_target, backward=True) or _halves_differ(below)
             if reason:
                 return reason
             if not is_target and below.merge_mode is None:

@@ -41,8 +41,8 @@ class TableEngine(Engine):
             return f"the target {rnn.name!r} is not a unidirectional Keras LSTM, GRU or SimpleRNN"
         if rnn.go_backwards:
             return f"layer {rnn.name!r} reads backwards (go_backwards=True)"
-        if ctx.info.masked and not embedding.mask_zero:
-            return "the mask does not come from Embedding(mask_zero=True)"
+        if ctx.info.masked and not (ctx.info.mask_is_padding and embedding.mask_zero):
+            return f"the mask is {ctx.info.mask_source or 'not ids != 0'}, not ids != 0 from Embedding(mask_zero=True)"
         if getattr(embedding, "quantization_mode", None) or getattr(embedding, "lora_enabled", False):
             return f"the Embedding {embedding.name!r} is quantized or has LoRA weights"
         for layer in (embedding, rnn):
