@@ -134,8 +134,9 @@ class Embedder:
         long_docs: str = "truncate",
         engine: str = "auto",
     ):
-        self.model_for_windows = model
         self.layer = recurrent.find_layer(model, layer_spec)
+        model = recurrent.single_input_view(model, self.layer)  # a multi-input model: the text input's part
+        self.model_for_windows = model
         self.info = recurrent.describe_layer(self.layer, model)
         self.mode = mode
         self.maxlen = maxlen

@@ -404,6 +404,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
     model = loaded.model
     try:
         layer = recurrent.find_layer(model, o.layer)
+        model = recurrent.single_input_view(model, layer)
         info = recurrent.describe_layer(layer, model)
         if o.long_docs == "carry":
             recurrent.carry_chain(model, layer)

@@ -152,6 +152,29 @@ def inbound_call(layer, model=None):
     return args.args, dict(args.kwargs)
 
 
+def single_input_view(model, layer):
+    """``model`` itself when it has one input; else the functional model from the one input ``layer``
+    depends on to ``layer``'s output (a seq2seq model's encoder reads the encoder input only; a second,
+    numeric input feeding the head does not reach a recurrent layer below it). A layer that depends on
+    several inputs cannot be fed token ids alone: ``ModelError``."""
+    keras = _keras()
+    inputs = list(getattr(model, "inputs", None) or [])
+    if len(inputs) <= 1:
+        return model
+    reached = {id(operation) for operation in layers_up_to(model, layer)}
+    used = [t for t in inputs if id(getattr(t, "_keras_history", (None,))[0]) in reached]
+    names = ", ".join(f"{t.name} {tuple(t.shape)}" for t in inputs)
+    if len(used) != 1:
+        raise ModelError(
+            f"layer {layer.name!r} depends on {len(used)} of the model's {len(inputs)} inputs ({names}); this job "
+            "feeds one input, the token ids. Target a recurrent layer that reads the text input only.")
+    try:
+        outputs = layer.output
+    except (AttributeError, ValueError):  # a layer called more than once
+        outputs = layer._inbound_nodes[0].output_tensors
+    return keras.Model(used[0], outputs, name=f"{model.name}__{used[0].name}")
+
+
 def describe_layer(layer, model=None) -> LayerInfo:
     """Facts about a recurrent layer of a built model."""
     keras = _keras()

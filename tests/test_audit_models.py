@@ -362,3 +362,64 @@ def test_bidirectional_with_a_mirrored_custom_backward_layer_still_runs_on_onnx(
     out = embedder.embed(seqs)
     assert embedder.engine.name == "onnx"
     helpers.assert_embedded_equals_keras(out, model, "target", "final", seqs, "post", MAXLEN)
+
+
+# --- 5. Models with more than one input: the target's own input, or a clear error ---------------------------------
+
+def _seq2seq(seed: int):
+    """A seq2seq training model: encoder ids -> Embedding(mask_zero) -> LSTM(return_state); decoder ids ->
+    Embedding -> LSTM started from the encoder's states -> Dense. Users want the encoder's states."""
+    keras.utils.set_random_seed(seed)
+    enc_in = keras.Input((MAXLEN,), dtype="int32", name="encoder_ids")
+    dec_in = keras.Input((MAXLEN,), dtype="int32", name="decoder_ids")
+    _, h, c = L.LSTM(5, return_state=True, name="encoder")(L.Embedding(50, 6, mask_zero=True)(enc_in))
+    dec = L.LSTM(5, return_sequences=True, name="decoder")(L.Embedding(50, 6, mask_zero=True)(dec_in),
+                                                            initial_state=[h, c])
+    model = keras.Model([enc_in, dec_in], L.Dense(50)(dec))
+    _randomize(model, seed)
+    return model, enc_in
+
+
+@pytest.mark.parametrize("mode", ["final", "states"])
+def test_seq2seq_encoder_is_embedded_from_its_own_input(mode, tmp_path):
+    model, enc_in = _seq2seq(31)
+    docs = helpers.corpus(40, seed=31)
+    tok = helpers.legacy_tokenizer([t for _, t in docs], num_words=50)
+    path, tok_path, corpus = _files(tmp_path, model, docs, tok)
+    helpers.run_job(["--input", corpus, "--model", path, "--tokenizer", tok_path, "--output", tmp_path / "out",
+                     "--layer", "encoder", "--mode", mode, "--truncating", "pre"])
+    table = helpers.read_output(str(tmp_path / "out"))
+    seqs = tok.texts_to_sequences([t for _, t in docs])
+    padded = keras.utils.pad_sequences(seqs, maxlen=MAXLEN, padding="post", truncating="pre")
+    encoder = keras.Model(enc_in, model.get_layer("encoder").output)  # Keras' own encoder, by the test
+    want = helpers.reference(encoder, "encoder", mode, padded)
+    columns = table.column_names[2:]
+    assert len(columns) == len(want)
+    for name, ref in zip(columns, want):
+        got = _by_id(table, name)
+        np.testing.assert_allclose(np.stack([got[d] for d, _ in docs]), ref, atol=TOL, rtol=0)
+
+
+def test_a_second_numeric_input_that_does_not_reach_the_target_is_left_out(tmp_path):
+    keras.utils.set_random_seed(32)
+    numbers = keras.Input((3,), name="numbers")  # listed first on purpose
+    ids = keras.Input((MAXLEN,), dtype="int32", name="ids")
+    x = L.LSTM(4, name="target")(L.Embedding(50, 6)(ids))
+    model = keras.Model([numbers, ids], L.Dense(1)(L.Concatenate()([x, numbers])))
+    _randomize(model, 32)
+    seqs = _sequences(32, 20)
+    out = Embedder(model, "target", "final", MAXLEN, padding="pre").embed(seqs)
+    view = keras.Model(ids, model.get_layer("target").output)
+    helpers.assert_embedded_equals_keras(out, view, "target", "final", seqs, "pre", MAXLEN)
+
+
+def test_a_target_that_reads_two_inputs_is_a_config_error(small_job, tmp_path):
+    keras.utils.set_random_seed(33)
+    a, b = keras.Input((MAXLEN,), dtype="int32"), keras.Input((MAXLEN,), dtype="int32")
+    x = L.Add()([L.Embedding(50, 6)(a), L.Embedding(50, 6)(b)])
+    model = keras.Model([a, b], L.LSTM(3, name="target")(x))
+    model.save(tmp_path / "two.keras")
+    with pytest.raises(ConfigError, match="depends on 2 of the model's 2 inputs"):
+        resolve(PipelineOptions(["--input", helpers.write_jsonl(tmp_path / "c.jsonl", helpers.corpus(3)),
+                                 "--model", str(tmp_path / "two.keras"), "--tokenizer", small_job.tokenizer,
+                                 "--output", str(tmp_path / "o"), "--padding", "pre", "--truncating", "pre"]))
