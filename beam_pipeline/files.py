@@ -117,12 +117,28 @@ def match_sizes(patterns: list[str]) -> dict[str, int]:
     """``match``, with each file's size in bytes (as stored: compressed files' compressed size)."""
     found: dict[str, int] = {}
     for pattern in patterns:
+        if any(c in pattern for c in "*?[") and _is_file(pattern):  # a file whose name holds [ ] * ?: itself
+            found.setdefault(pattern, os.path.getsize(pattern) if not is_remote(pattern)
+                             else FileSystems.get_filesystem(pattern).metadata(pattern).size_in_bytes)
+            continue
         result = FileSystems.match([pattern])[0]
-        if not result.metadata_list:
+        paths = [m for m in result.metadata_list if not (not is_remote(m.path) and os.path.isdir(m.path))]
+        if not paths:
+            if not is_remote(pattern) and os.path.isdir(pattern):
+                raise FileNotFoundError(f"--input {pattern!r} is a folder; name its files ('{pattern.rstrip('/')}/*')")
             raise FileNotFoundError(f"--input {pattern!r} matches no file")
-        for m in sorted(result.metadata_list, key=lambda m: m.path):
-            found.setdefault(m.path, m.size_in_bytes)
+        for m in sorted(paths, key=lambda m: m.path):
+            found.setdefault(os.path.normpath(m.path) if not is_remote(m.path) else m.path, m.size_in_bytes)
     return found
+
+
+def _is_file(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.isfile(path)
+    try:
+        return FileSystems.exists(path) and not path.endswith("/")
+    except Exception:  # a pattern some filesystem cannot look up literally
+        return False
 
 
 def delete(paths: list[str]) -> None:

@@ -98,15 +98,22 @@ def test_rerun_with_other_num_shards_leaves_only_its_own_files_all_listed_in_the
     assert helpers.read_output(str(out)).num_rows == len(docs)
 
 
-def test_failed_run_leaves_no_summary_and_the_next_run_removes_its_temp_folders(small_job, tmp_path):
+def test_failed_run_leaves_no_summary_and_the_next_run_removes_its_temp_folders(small_job, tmp_path, monkeypatch):
+    from transforms import write
+
     corpus, docs = helpers.sample_jsonl(tmp_path, 30, seed=6)
     out = tmp_path / "out" / "emb"
     helpers.run_job(small_job.argv(corpus, out))
     assert os.path.exists(f"{out}-summary.json")
-    broken = tmp_path / "broken.parquet"
-    broken.write_bytes(b"PAR1 not really parquet")
-    with pytest.raises(Exception, match="(?i)parquet"):  # fails on a worker, after it started replacing
-        helpers.run_job(small_job.argv([corpus, broken], out, "--overwrite"))
+    # Bad input no longer fails a run (it is dead-lettered): a failure of the writer itself (a full disk,
+    # say) is injected instead, on the worker, after the run started replacing the output.
+    def disk_full(*args, **kwargs):
+        raise OSError("injected: no space left on device (parquet writer)")
+
+    monkeypatch.setattr(write, "_fixed_size", disk_full)
+    with pytest.raises(Exception, match="(?i)parquet"):
+        helpers.run_job(small_job.argv([corpus], out, "--overwrite"))
+    monkeypatch.undo()
     assert not os.path.exists(f"{out}-summary.json"), "no summary: the output is not complete"
     assert glob.glob(str(tmp_path / "out" / "beam-temp-emb-*")), "the failed run left Beam temp folders"
     summary = helpers.run_job(small_job.argv(corpus, out))

@@ -22,10 +22,12 @@ Each file also reports how many records it held (tag ``counts``), for the run's 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import posixpath
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -63,7 +65,7 @@ class InputBytes:
 
 
 INPUT_BYTES = InputBytes()
-COMPRESSED = (".gz", ".bz2", ".deflate", ".zst")
+COMPRESSED = (".gz", ".bz2", ".deflate", ".zst", ".zstd", ".xz", ".lzma")  # what Beam decompresses by suffix
 _LONE_CR = re.compile(r"(?<=\r)(?!\n)")
 
 
@@ -134,6 +136,14 @@ def _range_lines(f, start: int, end: int | None, counted: list[int] | None = Non
     yield from split(parts + ([tail] if tail else []))
 
 
+def _cut_short(f, size: int | None) -> bool:
+    """True when ``f`` is a compressed file read to its end whose stream never reached its end marker
+    (Beam's reader stops quietly there). An empty file is not cut short."""
+    decompressor = getattr(f, "_decompressor", None)
+    return bool(decompressor is not None and size and getattr(f, "_read_eof", False)
+                and getattr(decompressor, "eof", True) is False)
+
+
 def _is_utf8(text: str) -> bool:
     """False for text decoded with surrogateescape from bytes that were not UTF-8."""
     try:
@@ -163,15 +173,39 @@ class ReadRecords(beam.DoFn):
         fmt = file_format(path)
         count = 0
         self._counted = None if path.lower().endswith(COMPRESSED) else [0]  # compressed: counted once read
-        with FileSystems.open(path) as f:
-            if end is not None:
-                records = self._jsonl(path, f, start, end)
-            else:
-                reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}.get(fmt, self._text)
-                records = reader(path, f)
-            for out in records:
+        failure = None
+        with contextlib.ExitStack() as stack:
+            # Errors of the reading itself (a corrupt or cut compressed stream, a file that is not Parquet)
+            # end the file with one dead letter saying where; the records before it stay. Only ``next`` is
+            # guarded: an error raised downstream while a record is handed on is not the file's.
+            try:
+                f = stack.enter_context(FileSystems.open(path))
+                if end is not None:
+                    records = self._jsonl(path, f, start, end)
+                else:
+                    reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}.get(fmt, self._text)
+                    records = reader(path, f)
+                records = iter(records)
+            except Exception as e:
+                failure, records = e, iter(())
+            while failure is None:
+                try:
+                    out = next(records)
+                except StopIteration:
+                    break
+                except Exception as e:
+                    failure = e
+                    break
                 count += 1
                 yield out
+            if failure is None and _cut_short(f, size):
+                failure = EOFError("the compressed stream ends before its end marker: the file was cut short, "
+                                   "and its last record read may be incomplete")
+        if failure is not None:
+            count += 1
+            detail = str(failure).strip().splitlines()[0][:500] if str(failure).strip() else ""
+            yield tagged(None, STAGE, "unreadable_file", path,
+                         f"{path}: reading stopped after {count - 1} record(s): {type(failure).__name__}: {detail}")
         expected = (end - start) if end is not None else (size or 0)
         INPUT_BYTES.add(max(expected - (self._counted[0] if self._counted else 0), 0))
         Metrics.counter(NAMESPACE, "docs_read").inc(count)
@@ -181,6 +215,14 @@ class ReadRecords(beam.DoFn):
         """The ``(doc_id, text)`` of a parsed record, or a dead letter."""
         doc_id = record.get(self.id_field)
         text = record.get(self.text_field)
+        if isinstance(doc_id, bytes):  # a binary id column (Parquet)
+            try:
+                doc_id = doc_id.decode("utf-8")
+            except UnicodeDecodeError:
+                return tagged(None, STAGE, "invalid_id", raw, f"{self.id_field!r} holds bytes that are not UTF-8")
+        if any(isinstance(v, str) and not _is_utf8(v) for v in (doc_id, text)):  # JSON's lone surrogate escapes
+            return tagged(None, STAGE, "invalid_utf8", raw,
+                          f"{self.id_field!r} or {self.text_field!r} holds a lone surrogate (not encodable as UTF-8)")
         if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
             return tagged(None, STAGE, "missing_id", raw, f"no non-empty field {self.id_field!r}")
         if isinstance(doc_id, (dict, list, bool, float)):
@@ -219,8 +261,9 @@ class ReadRecords(beam.DoFn):
             except UnicodeDecodeError as e:
                 yield tagged(None, STAGE, "invalid_utf8", raw, f"{self._where(name, number, offset, start)}: {e}")
                 continue
-            except json.JSONDecodeError as e:
-                yield tagged(None, STAGE, "invalid_json", raw, f"{self._where(name, number, offset, start)}: {e}")
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, an int over 4300 digits, deep nesting
+                yield tagged(None, STAGE, "invalid_json", raw,
+                             f"{self._where(name, number, offset, start)}: {type(e).__name__}: {str(e)[:300]}")
                 continue
             if not isinstance(record, dict):
                 yield tagged(None, STAGE, "invalid_json", raw,
@@ -239,9 +282,12 @@ class ReadRecords(beam.DoFn):
         # (what the csv module expects) would be.
         text = (part for line in _lines(f, self._counted)
                 for part in _LONE_CR.split(line.decode("utf-8", "surrogateescape") + "\n"))
+        csv.field_size_limit(sys.maxsize)  # a long document is one field: the default limit is 131072 characters
         reader = csv.DictReader(text)
         if reader.fieldnames is None:
             return
+        if not all(_is_utf8(k) for k in reader.fieldnames if isinstance(k, str)):
+            raise ValueError(f"{name}: the header line is not UTF-8")
         for row in reader:
             raw = {k: v for k, v in row.items() if k is not None}
             undecodable = [k for k, v in raw.items() if isinstance(v, str) and not _is_utf8(v)]
@@ -259,8 +305,27 @@ class ReadRecords(beam.DoFn):
         wanted = [c for c in (self.id_field, self.text_field) if c in parquet.schema_arrow.names]
         for group in range(parquet.num_row_groups):
             table = parquet.read_row_group(group, columns=wanted)
-            for record in table.to_pylist():
+            try:
+                records = table.to_pylist()
+            except UnicodeDecodeError:  # a string column holding bytes that are not UTF-8: find them row by row
+                yield from self._parquet_rows_as_bytes(table)
+                continue
+            for record in records:
                 yield self._fields(record, record)
+
+    def _parquet_rows_as_bytes(self, table) -> Iterator:
+        import pyarrow as pa
+
+        strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        as_bytes = table.cast(pa.schema([pa.field(f.name, pa.binary() if f.name in strings else f.type)
+                                         for f in table.schema]))
+        for record in as_bytes.to_pylist():
+            try:
+                record = {k: v.decode("utf-8") if k in strings and v is not None else v for k, v in record.items()}
+            except UnicodeDecodeError as e:
+                yield tagged(None, STAGE, "invalid_utf8", repr(record), f"a string column holds invalid UTF-8: {e}")
+                continue
+            yield self._fields(record, record)
 
 
 # Uncompressed JSONL files larger than this are read in byte ranges of this size, by as many workers
