@@ -621,6 +621,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(M - N) / (wall_M - wall_N) (default 100000,300000; --quick 2000,6000).")
     parser.add_argument("--job-repeat", type=int, default=1,
                         help="With --engines: runs of the job per size, the fastest kept (default 1).")
+    parser.add_argument("--engine-models", default=None, metavar="A,B",
+                        help="With --engines: only these models (default: all of bench/engines.py MODELS).")
     parser.add_argument("--keep", action="store_true", help="Keep the temp work dir (corpus, models, outputs).")
     # Internal: one variant in a child process.
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -683,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench", "results", "engines-quick.json" if args.quick else "engines.json")
         return engines.main(3000 if args.quick and args.docs == 20000 else args.docs, args.quick, out,
                             job_sizes=args.job_sizes, job_args=args.job_args, job_repeat=args.job_repeat,
-                            keep=args.keep)
+                            keep=args.keep, models=args.engine_models.split(",") if args.engine_models else None)
     from beam_pipeline.demo import fit_tokenizer_json
 
     names = list(MODELS) if args.model == "all" else [] if args.model == "none" else [args.model]
