@@ -76,7 +76,7 @@ def _tf_keras_model(seed: int, recurrent_activation: str = "hard_sigmoid", activ
     inp = tf_keras.Input((MAXLEN,), dtype="int32")
     x = tf_keras.layers.Embedding(20, 5, mask_zero=True)(inp)
     x = tf_keras.layers.Bidirectional(tf_keras.layers.GRU(4, recurrent_activation=recurrent_activation,
-                                                          return_sequences=True), name="bigru")(x)
+                                                          return_sequences=True, name="gru"), name="bigru")(x)
     x = tf_keras.layers.LSTM(3, activation=activation, recurrent_activation=recurrent_activation, name="lstm")(x)
     model = tf_keras.Model(inp, tf_keras.layers.Dense(1, activation="hard_sigmoid")(x))
     rng = np.random.default_rng(seed)
