@@ -122,9 +122,9 @@ def match_sizes(patterns: list[str]) -> dict[str, int]:
                              else FileSystems.get_filesystem(pattern).metadata(pattern).size_in_bytes)
             continue
         result = FileSystems.match([pattern])[0]
-        paths = [m for m in result.metadata_list if not (not is_remote(m.path) and os.path.isdir(m.path))]
+        paths = [m for m in result.metadata_list if is_remote(m.path) or not os.path.isdir(m.path)]  # no local dirs
         if not paths:
-            if not is_remote(pattern) and os.path.isdir(pattern):
+            if is_folder(pattern):
                 raise FileNotFoundError(f"--input {pattern!r} is a folder; name its files ('{pattern.rstrip('/')}/*')")
             raise FileNotFoundError(f"--input {pattern!r} matches no file")
         for m in sorted(paths, key=lambda m: m.path):
@@ -136,7 +136,7 @@ def _is_file(path: str) -> bool:
     if not is_remote(path):
         return os.path.isfile(path)
     try:
-        return FileSystems.exists(path) and not path.endswith("/")
+        return exists(path) and not path.endswith("/")
     except Exception:  # a pattern some filesystem cannot look up literally
         return False
 

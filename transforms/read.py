@@ -145,7 +145,10 @@ def _cut_short(f, size: int | None) -> bool:
 
 
 def _is_utf8(text: str) -> bool:
-    """False for text decoded with surrogateescape from bytes that were not UTF-8."""
+    """False for text holding surrogates: decoded with surrogateescape from bytes that were not UTF-8, or
+    a JSON escape of a lone surrogate."""
+    if text.isascii():  # O(1) in CPython: no surrogate in it
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -203,7 +206,8 @@ class ReadRecords(beam.DoFn):
                                    "and its last record read may be incomplete")
         if failure is not None:
             count += 1
-            detail = str(failure).strip().splitlines()[0][:500] if str(failure).strip() else ""
+            message = str(failure).strip()
+            detail = message.splitlines()[0][:500] if message else ""
             yield tagged(None, STAGE, "unreadable_file", path,
                          f"{path}: reading stopped after {count - 1} record(s): {type(failure).__name__}: {detail}")
         expected = (end - start) if end is not None else (size or 0)
@@ -220,9 +224,6 @@ class ReadRecords(beam.DoFn):
                 doc_id = doc_id.decode("utf-8")
             except UnicodeDecodeError:
                 return tagged(None, STAGE, "invalid_id", raw, f"{self.id_field!r} holds bytes that are not UTF-8")
-        if any(isinstance(v, str) and not _is_utf8(v) for v in (doc_id, text)):  # JSON's lone surrogate escapes
-            return tagged(None, STAGE, "invalid_utf8", raw,
-                          f"{self.id_field!r} or {self.text_field!r} holds a lone surrogate (not encodable as UTF-8)")
         if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
             return tagged(None, STAGE, "missing_id", raw, f"no non-empty field {self.id_field!r}")
         if isinstance(doc_id, (dict, list, bool, float)):
@@ -268,6 +269,12 @@ class ReadRecords(beam.DoFn):
             if not isinstance(record, dict):
                 yield tagged(None, STAGE, "invalid_json", raw,
                              f"{self._where(name, number, offset, start)}: not a JSON object")
+                continue
+            # A valid UTF-8 line still yields a lone surrogate from an escape ("\ud800"), which no UTF-8 writer takes.
+            if not all(_is_utf8(v) for v in (record.get(self.id_field), record.get(self.text_field))
+                       if isinstance(v, str)):
+                yield tagged(None, STAGE, "invalid_utf8", raw, f"{self._where(name, number, offset, start)}: "
+                             f"{self.id_field!r} or {self.text_field!r} holds a lone surrogate escape")
                 continue
             yield self._fields(record, raw)
 

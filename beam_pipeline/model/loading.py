@@ -158,9 +158,7 @@ def _load_h5(path: str, unsafe: bool, version: str | None = None, fmt: str = "h5
         with h5py.File(to_load, "r+") as f:
             f.attrs["model_config"] = json.dumps(config)
             if framework == "keras 2":
-                from beam_pipeline.model import legacy
-
-                legacy.convert_cudnn_weights(f, translations)
+                legacy.convert_cudnn_weights(f, translations)  # imported above, with the Keras 2 translation
     try:
         model = _keras_load(to_load, unsafe)
     except ModelError as e:
