@@ -73,6 +73,20 @@ def write_text(path, texts: list[str]) -> str:
     return str(path)
 
 
+def reader_records(outputs) -> list:
+    """The outputs of ``ReadRecords.process`` with each ``DocBatch`` spread into its ``(doc_id, text)``
+    rows, in order; dead letters and the count as given."""
+    from transforms.batch import DocBatch
+
+    records = []
+    for out in outputs:
+        if isinstance(out, DocBatch):
+            records.extend(zip(out.ids.to_pylist(), out.texts.to_pylist()))
+        else:
+            records.append(out)
+    return records
+
+
 def run_job(argv: list[str]) -> dict:
     from beam_pipeline.__main__ import run
 

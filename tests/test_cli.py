@@ -283,7 +283,7 @@ def test_reading_an_uncompressed_file_counts_its_bytes_as_read(tmp_path):
     size = os.path.getsize(path)
     reader = read.ReadRecords("id", "text", total_bytes=2 * size)
     reader.setup()
-    records = list(reader.process((path, size)))
+    records = helpers.reader_records(reader.process((path, size)))
     assert len([r for r in records if isinstance(r, tuple)]) == 50
     assert read.INPUT_BYTES.share() == 0.5
 

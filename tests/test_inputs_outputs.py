@@ -42,7 +42,7 @@ def test_leading_byte_order_mark_is_stripped_in_every_text_format(tmp_path, name
     data = BOM + TEXT_FILES[name]
     path = tmp_path / (name + compress)
     path.write_bytes({"": lambda b: b, ".gz": gzip.compress, ".bz2": bz2.compress}[compress](data))
-    records = list(ReadRecords("id", "text").process((str(path), os.path.getsize(path))))
+    records = helpers.reader_records(ReadRecords("id", "text").process((str(path), os.path.getsize(path))))
     docs = [r for r in records if isinstance(r, tuple)]
     first_id = f"{path.name}:1" if name == "c.txt" else "first"
     assert docs[0] == (first_id, "the rocket launch"), "the first record keeps its id and text, without the mark"
@@ -145,7 +145,7 @@ def _range_records(path, split_bytes: int) -> tuple[list, list, int]:
 
     docs, dead, counted = [], [], 0
     for element in split_files((str(path), os.path.getsize(path)), split_bytes):
-        for out in ReadRecords("id", "text").process(element):
+        for out in helpers.reader_records(ReadRecords("id", "text").process(element)):
             if getattr(out, "tag", None) == COUNTS:
                 counted += out.value
             elif getattr(out, "tag", None) == "errors":

@@ -112,7 +112,7 @@ def test_files_of_a_few_bytes_are_split_into_lines_too(tmp_path, data):
     # was once given as one line, "a\nb" as one document instead of two.
     path = tmp_path / "tiny.txt"
     path.write_bytes(data)
-    outputs = list(ReadRecords("id", "text").process(str(path)))
+    outputs = helpers.reader_records(ReadRecords("id", "text").process(str(path)))
     docs = [out for out in outputs[:-1] if isinstance(out, tuple)]
     lines = data.removeprefix(b"\xef\xbb\xbf").decode().split("\n")
     if lines[-1] == "":
@@ -126,7 +126,7 @@ def test_files_of_a_few_bytes_are_split_into_lines_too(tmp_path, data):
 def test_reader_never_raises_on_arbitrary_bytes(tmp_path, data, fmt):
     path = tmp_path / f"fuzz.{fmt}"
     path.write_bytes(data)
-    outputs = list(ReadRecords("id", "text").process(str(path)))
+    outputs = helpers.reader_records(ReadRecords("id", "text").process(str(path)))
     counted = outputs.pop()
     assert counted.tag == "counts" and counted.value == len(outputs)
     for out in outputs:
@@ -142,7 +142,7 @@ def test_reader_never_raises_on_arbitrary_bytes(tmp_path, data, fmt):
 def test_reader_handles_arbitrary_unicode_json_records(tmp_path, texts):
     path = tmp_path / "fuzz.jsonl"
     path.write_text("\n".join(json.dumps({"id": str(i), "text": t}) for i, t in enumerate(texts)), encoding="utf-8")
-    outputs = list(ReadRecords("id", "text").process(str(path)))[:-1]
+    outputs = helpers.reader_records(ReadRecords("id", "text").process(str(path)))[:-1]
     assert len(outputs) == len(texts)
     for (doc_id, text), out in zip(enumerate(texts), outputs):
         assert out == (str(doc_id), text), "an empty or whitespace text is a document too"

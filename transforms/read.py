@@ -1,4 +1,4 @@
-"""Read: files -> ``(doc_id, text)``, every unreadable record dead-lettered.
+"""Read: files -> ``DocBatch`` elements (ids and texts in file order), every unreadable record dead-lettered.
 
 Formats, by file extension (``.gz`` / ``.bz2`` compressed files are decompressed by Beam); a
 leading UTF-8 byte-order mark is dropped in every text format:
@@ -18,6 +18,10 @@ the range it starts in); any other file is read by one worker. The files and ran
 that they spread over workers (and, on Dataflow, the tokenized documents too: ``--reshuffle``,
 ``beam_pipeline/pipeline.py``).
 Each file also reports how many records it held (tag ``counts``), for the run's summary.
+
+A main output is a ``DocBatch`` (``transforms/batch.py``) of at most ``BATCH_DOCS`` documents and about
+``BATCH_BYTES`` characters of text: ``ids`` and ``texts`` ``pa.string()`` arrays, in file order; a file's (or a
+range's) last batch holds what is left. Dead letters are single records (tag ``errors``).
 """
 
 from __future__ import annotations
@@ -32,13 +36,44 @@ import uuid
 from collections.abc import Iterator
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms.batch import BATCH_DOCS, DocBatch
 from transforms.errors import NAMESPACE, tagged
 
 COUNTS = "counts"
 STAGE = "read"
+# A batch is handed on once its texts reach this many characters, even with fewer than BATCH_DOCS documents:
+# long documents keep a batch's memory bounded (and its string offsets far from the 2 GiB of pa.string()).
+BATCH_BYTES = 64 << 20
+
+
+class _Batcher:
+    """Documents in, ``DocBatch``es of at most ``BATCH_DOCS`` documents out, in the order given."""
+
+    def __init__(self):
+        self.ids: list[str] = []
+        self.texts: list[str] = []
+        self.nbytes = 0
+
+    def add(self, doc_id: str, text: str) -> DocBatch | None:
+        """Buffers one document; returns a full batch when this one completes it."""
+        self.ids.append(doc_id)
+        self.texts.append(text)
+        self.nbytes += len(text)
+        if len(self.ids) >= BATCH_DOCS or self.nbytes >= BATCH_BYTES:
+            return self.flush()
+        return None
+
+    def flush(self) -> DocBatch | None:
+        """The buffered documents as one batch (None when there are none); the buffer is emptied."""
+        if not self.ids:
+            return None
+        batch = DocBatch(pa.array(self.ids, pa.string()), pa.array(self.texts, pa.string()))
+        self.ids, self.texts, self.nbytes = [], [], 0
+        return batch
 
 
 class InputBytes:
@@ -157,7 +192,7 @@ def _is_utf8(text: str) -> bool:
 
 
 class ReadRecords(beam.DoFn):
-    """One file path in; ``(doc_id, text)`` main outputs, dead letters, and the file's record count."""
+    """One file path in; ``DocBatch`` main outputs, dead letters, and the file's record count."""
 
     def __init__(self, id_field: str, text_field: str, total_bytes: int = 0):
         self.id_field = id_field
@@ -177,6 +212,7 @@ class ReadRecords(beam.DoFn):
         count = 0
         self._counted = None if path.lower().endswith(COMPRESSED) else [0]  # compressed: counted once read
         failure = None
+        batcher = _Batcher()
         with contextlib.ExitStack() as stack:
             # Errors of the reading itself (a corrupt or cut compressed stream, a file that is not Parquet)
             # end the file with one dead letter saying where; the records before it stay. Only ``next`` is
@@ -200,10 +236,18 @@ class ReadRecords(beam.DoFn):
                     failure = e
                     break
                 count += 1
-                yield out
+                if isinstance(out, tuple):
+                    batch = batcher.add(*out)
+                    if batch is not None:
+                        yield batch
+                else:
+                    yield out
             if failure is None and _cut_short(f, size):
                 failure = EOFError("the compressed stream ends before its end marker: the file was cut short, "
                                    "and its last record read may be incomplete")
+        batch = batcher.flush()  # the records read before a failure stay
+        if batch is not None:
+            yield batch
         if failure is not None:
             count += 1
             message = str(failure).strip()
@@ -355,7 +399,7 @@ def split_files(element: tuple[str, int | None], split_bytes: int) -> Iterator[t
 
 
 class ReadCorpus(beam.PTransform):
-    """``paths`` -> PCollections ``docs`` ``(doc_id, text)``, ``errors`` (dead letters), ``counts``.
+    """``paths`` -> PCollections ``docs`` (``DocBatch``es), ``errors`` (dead letters), ``counts``.
     ``sizes``: bytes per file where known, for the share of the input read that progress lines show,
     and to split large uncompressed JSONL files into ranges of ``split_bytes`` (default ``SPLIT_BYTES``)."""
 
