@@ -26,7 +26,6 @@ CPU, and reused. ``sequence`` gives it no vector.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from beam_pipeline import engines, recurrent
+from beam_pipeline.ragged import Ragged
 
 LOG = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class EmbeddedBatch:
     padded_timesteps: int  # timesteps the model computed: rows x width, or what a padding-prefix engine ran
     seconds: float
     windows: np.ndarray | None = None  # (B,) int32 windows read per document (--long_docs carry)
+    engines: np.ndarray | None = None  # (B,) object (str): the engine that computed each document (padding-only ones: "keras")
 
 
 def configure_device(device: str) -> str:
@@ -211,7 +212,7 @@ class Embedder:
 
         return tf.function(step, input_signature=specs, reduce_retracing=True), sizes, n_target
 
-    def _embed_carry(self, seqs: list[list[int]]) -> EmbeddedBatch:
+    def _embed_carry(self, ragged: Ragged) -> EmbeddedBatch:
         """Reads each document window by window, every recurrent layer starting from the states it
         ended the previous window in: one pass over the whole document, in ``maxlen`` pieces.
 
@@ -219,7 +220,8 @@ class Embedder:
         (masked). Other models (unmasked, or a mask computed from the values): the document is padded
         to whole windows with ``--padding``, as trained."""
         w = self.maxlen
-        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int32, count=len(seqs))
+        seqs = ragged.to_lists()  # windows of each document are cut in Python: carry is the rare, long-document path
+        lengths = ragged.lengths().astype(np.int32)
         windows = np.maximum(1, -(-lengths // w)).astype(np.int32)
         full, real_full = [], []
         for ids, n in zip(seqs, windows):
@@ -259,7 +261,8 @@ class Embedder:
         else:
             columns = {name: np.stack([f[j] for f in finals]).astype(np.float32)
                        for j, name in enumerate(self.column_names)}
-        return EmbeddedBatch(lengths, columns, offsets, padded_timesteps, seconds, windows)
+        return EmbeddedBatch(lengths, columns, offsets, padded_timesteps, seconds, windows,
+                             np.full(len(seqs), "keras", dtype=object))
 
     def _one_hot_numpy(self, batch: np.ndarray) -> np.ndarray:
         if not self.one_hot_depth:
@@ -316,9 +319,9 @@ class Embedder:
         self.engine = self._last_engine = self._keras_engine
         return self.engine.run(batch)
 
-    def pad(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def pad(self, seqs: Ragged) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(padded batch, lengths, boolean mask of real-token positions) for truncated sequences."""
-        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int32, count=len(seqs))
+        lengths = seqs.lengths().astype(np.int32)
         if self.trim:  # the batch's longest document, rounded up so that batch shapes repeat
             width = min(-(-max(int(lengths.max(initial=0)), 1) // WIDTH_STEP) * WIDTH_STEP, self.maxlen)
         else:
@@ -329,20 +332,22 @@ class Embedder:
         else:
             real = positions >= (width - lengths)[:, None]
         batch = np.zeros((len(seqs), width), dtype=self.input_dtype)
-        total = int(lengths.sum())
-        batch[real] = np.fromiter(itertools.chain.from_iterable(seqs), dtype=self.input_dtype, count=total)
+        batch[real] = seqs.values  # row-major order of the True positions is the documents' token order
         return batch, lengths, real
 
-    def embed(self, seqs: list) -> EmbeddedBatch:
-        """Vectors for token-id sequences, each ``len <= maxlen`` (any length with carry), or for raw
-        texts when the model tokenizes itself. Documents with no token get the model's value for a
-        row of padding alone (see ``empty_value``) without ever entering the model's batch."""
+    def embed(self, seqs) -> EmbeddedBatch:
+        """Vectors for a batch of documents: token ids as a ``Ragged`` (or a list of id lists), each
+        ``len <= maxlen`` (any length with carry), or raw texts when the model tokenizes itself.
+        Documents with no token get the model's value for a row of padding alone (see
+        ``empty_value``) without ever entering the model's batch."""
+        if not self.text_input and not isinstance(seqs, Ragged):
+            seqs = Ragged.from_lists(seqs)
         empty = self._empty_rows(seqs)
         if not empty.any():
             return self._embed_batch(seqs)
         return self._merge_empty_rows(seqs, empty)
 
-    def _empty_rows(self, seqs: list) -> np.ndarray:
+    def _empty_rows(self, seqs) -> np.ndarray:
         """(B,) bool: the documents with no token. For raw-text models, the model's own
         TextVectorization decides (run alone on the texts first, so that no empty row reaches the
         recurrent layer)."""
@@ -350,7 +355,7 @@ class Embedder:
             texts = np.asarray(seqs, dtype=object).reshape((len(seqs), *self.input_shape))
             ids = np.asarray(self.vectorizer(texts.astype(str)))
             return ~(ids != 0).reshape(len(seqs), -1).any(axis=1)
-        return np.fromiter((len(s) == 0 for s in seqs), dtype=bool, count=len(seqs))
+        return seqs.lengths() == 0
 
     def empty_value(self) -> list[np.ndarray]:
         """What the sub-model computes for a document with no token, one ``(D,)`` array per
@@ -382,11 +387,16 @@ class Embedder:
             x = tf.constant(x.astype(str)) if self.text_input else tf.constant(x)
             return _as_arrays(self.submodel(x, training=False))
 
-    def _merge_empty_rows(self, seqs: list, empty: np.ndarray) -> EmbeddedBatch:
+    def _merge_empty_rows(self, seqs, empty: np.ndarray) -> EmbeddedBatch:
         """Embeds the documents with tokens, and gives each empty one ``empty_value`` (``sequence``:
         no vector; ``--long_docs carry``: one window of padding, ``windows = 1``)."""
         keep = np.flatnonzero(~empty)
-        out = self._embed_batch([seqs[i] for i in keep]) if keep.size else None
+        if not keep.size:
+            out = None
+        elif self.text_input:
+            out = self._embed_batch([seqs[i] for i in keep])
+        else:
+            out = self._embed_batch(seqs.take(keep))
         lengths = np.zeros(len(seqs), dtype=np.int32)
         windows = np.ones(len(seqs), dtype=np.int32) if self.carry else None
         offsets = None
@@ -408,10 +418,14 @@ class Embedder:
                 if out is not None:
                     column[keep] = out.columns[name]
                 columns[name] = column
+        # Documents with no token: Keras' value for padding alone, eagerly (see empty_value); none in sequence.
+        engines = np.full(len(seqs), "keras", dtype=object)
+        if out is not None:
+            engines[keep] = out.engines
         return EmbeddedBatch(lengths, columns, offsets, out.padded_timesteps if out else 0,
-                             out.seconds if out else 0.0, windows)
+                             out.seconds if out else 0.0, windows, engines)
 
-    def _embed_batch(self, seqs: list) -> EmbeddedBatch:
+    def _embed_batch(self, seqs) -> EmbeddedBatch:
         """Vectors for documents that all hold at least one token."""
         if self.carry:
             return self._embed_carry(seqs)
@@ -436,4 +450,6 @@ class Embedder:
         else:
             columns = {name: np.asarray(out, dtype=np.float32) for name, out in zip(self.column_names, outputs)}
         ran = self._last_engine.timesteps_run if self._last_engine is not None else None
-        return EmbeddedBatch(lengths, columns, offsets, int(batch.size) if ran is None else ran, seconds)
+        name = self._last_engine.name if self._last_engine is not None else "keras"
+        return EmbeddedBatch(lengths, columns, offsets, int(batch.size) if ran is None else ran, seconds,
+                             engines=np.full(len(seqs), name, dtype=object))

@@ -8,7 +8,7 @@ import re
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.pvalue import AsDict, AsList, AsSingleton
+from apache_beam.pvalue import AsDict, AsList
 
 from beam_pipeline import files
 from beam_pipeline.options import JobConfig
@@ -49,13 +49,15 @@ def start_replacing(prefix: str) -> None:
     files.delete([f + "/" if files.is_remote(f) else f for f in folders])
 
 
-def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_reason: dict, written: list[str]):
+def _finalize(_, config: JobConfig, read: list[int], by_engine: dict, errors_by_reason: dict, written: list[str]):
     """Runs once after every shard and dead-letter file is in place (the sinks removed the previous
     run's): writes ``PREFIX-summary.json``, the commit record listing every file of the output."""
     dead = sum(errors_by_reason.values())
+    embedded = sum(by_engine.values())
     summary = {
         "read": sum(read),
         "embedded": embedded,
+        "documents_by_engine": dict(sorted(by_engine.items())),
         "dead_lettered": dead,
         "errors_by_reason": dict(sorted(errors_by_reason.items())),
         "accounted": sum(read) == embedded + dead,
@@ -77,13 +79,11 @@ def write_summary(path: str, summary: dict) -> None:
 def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str, int] | None = None):
     """Adds the whole job to ``p``; ``sizes`` (bytes per input file, where known) feed the progress log."""
     read = p | "Read" >> ReadCorpus(paths, config.id_field, config.text_field, sizes)
-    if config.tokenizer:
-        tokens = read.docs | "Tokenize" >> beam.ParDo(
-            Tokenize(config.tokenizer, None if config.long_docs == "carry" else config.maxlen, config.truncating)
-        ).with_outputs(errors.ERRORS, main="ids")
-        inputs, tokenize_errors = tokens.ids, tokens[errors.ERRORS]
-    else:  # the model tokenizes raw text itself (TextVectorization)
-        inputs, tokenize_errors = read.docs, p | "NoTokenizeErrors" >> beam.Create([])
+    # Without a tokenizer the model tokenizes raw text itself (TextVectorization): the stage only hashes.
+    tokens = read.docs | "Tokenize" >> beam.ParDo(
+        Tokenize(config.tokenizer, None if config.long_docs == "carry" else config.maxlen, config.truncating)
+    ).with_outputs(errors.ERRORS, main="ids")
+    inputs, tokenize_errors = tokens.ids, tokens[errors.ERRORS]
     if config.reshuffle:  # a file is read by one worker: its documents spread out before the costly stage
         inputs = inputs | "SpreadDocuments" >> beam.Reshuffle()
     embedded, failed = inputs | "Embed" >> Embed(config)
@@ -111,7 +111,7 @@ def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str
             _finalize,
             config=config,
             read=AsList(read[COUNTS]),
-            embedded=AsSingleton(rows),
+            by_engine=AsDict(rows),
             errors_by_reason=AsDict(by_reason),
             written=AsList(written),
         )

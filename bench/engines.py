@@ -41,6 +41,8 @@ import tempfile
 import threading
 import time
 
+from bench.common import NUM_WORDS, OOV_TOKEN, REPO, cpu_busy_s, make_corpus, wait_child, write_jsonl
+
 BATCH = 512
 SORT_BUFFER = 32 * BATCH
 MODELS = {
@@ -178,8 +180,6 @@ def run_job_child(work: str, name: str, corpus: str, label: str, job_args: str,
     ``job-<name>-<label>.log`` in the work dir; ``MARKERS`` lines are timed from ``Popen``. Wall time
     is ``Popen`` to exit; peak RSS is the child's ``ru_maxrss`` from ``os.wait4`` (the largest of the
     child and the children it waited for, e.g. multi-process DirectRunner workers)."""
-    from bench.bench import REPO, _cpu_busy_s, wait_child
-
     prefix = os.path.join(work, "out", f"{name}-{label}", "emb")
     argv = job_argv(work, name, corpus, prefix, job_args)
     cmd = [sys.executable, "-m", "beam_pipeline", *argv]
@@ -189,7 +189,7 @@ def run_job_child(work: str, name: str, corpus: str, label: str, job_args: str,
     tail: collections.deque = collections.deque(maxlen=60)
     stdout: list[str] = []
     print(f"  [job {name} {label}] running ...", end="", flush=True, file=sys.stderr)
-    start, start_epoch, busy = time.perf_counter(), time.time(), _cpu_busy_s()
+    start, start_epoch, busy = time.perf_counter(), time.time(), cpu_busy_s()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, text=True,
                             errors="replace", env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
@@ -214,7 +214,7 @@ def run_job_child(work: str, name: str, corpus: str, label: str, job_args: str,
         reader.start()
     usage = wait_child(proc, timeout_s)
     wall = time.perf_counter() - start
-    busy = _cpu_busy_s() - busy
+    busy = cpu_busy_s() - busy
     for reader in readers:  # a worker that outlives the job would hold the pipes open: do not wait forever
         reader.join(timeout=30)
     child_cpu = usage.ru_utime + usage.ru_stime
@@ -265,9 +265,12 @@ def run_job_sizes(work: str, name: str, corpora: dict[int, str], job_args: str, 
             best["wall_s_all"] = [round(r["wall_s"], 3) for r in tries]
         runs[label] = best
     small, big = runs["job"], runs["job-big"]
-    steady = {"docs": big["docs"] - small["docs"], "wall_s": big["wall_s"] - small["wall_s"],
+    added = big["docs"] - small["docs"]
+    steady = {"docs": added, "wall_s": big["wall_s"] - small["wall_s"],
               "sizes": [n, m], "startup_s": small["startup_s"],
-              "peak_rss_ratio": round(big["peak_rss_mb"] / small["peak_rss_mb"], 3)}
+              "peak_rss_ratio": round(big["peak_rss_mb"] / small["peak_rss_mb"], 3),
+              # CPU of every core the job's process used per document it added (model included)
+              "core_us_per_doc": round(1e6 * (big["child_cpu_s"] - small["child_cpu_s"]) / max(added, 1), 2)}
     for key in ("tokens", "timesteps"):
         steady[key] = big[key] - small[key] if big[key] is not None and small[key] is not None else None
     if small["engines_chosen"] != big["engines_chosen"]:
@@ -286,8 +289,10 @@ def _fmt(value, spec: str, width: int) -> str:
 def _job_notes(variant: str, r: dict) -> str:
     if variant == "job-steady":
         warning = f"; WARNING: {r['warning']}" if "warning" in r else ""
+        alone = (f"; {100 * r['of_engine_alone']:.0f}% of its engine alone ({r['engine']})"
+                 if r.get("of_engine_alone") else "")
         return (f"({r['sizes'][1]} - {r['sizes'][0]} docs) / (wall difference {r['wall_s']:.1f}s); "
-                f"peak RSS big/small {r['peak_rss_ratio']:.2f}{warning}")
+                f"{r['core_us_per_doc']:.1f} core-us/doc; peak RSS big/small {r['peak_rss_ratio']:.2f}{alone}{warning}")
     used = ", ".join(f"{k} x{v}" for k, v in r["engines_chosen"].items()) or \
         "none logged (auto before calibration runs the Keras graph)"
     notes = f"{r['size']} docs, {r['wall_s']:.1f}s, engines chosen: {used}"
@@ -300,6 +305,28 @@ def _job_notes(variant: str, r: dict) -> str:
     return notes + f", other CPU {100 * r['other_cpu_s'] / wall:.0f}%"
 
 
+def _print_targets(results: dict) -> None:
+    """Issue 18's targets from this run: the job's own ceiling against a bare LSTM64 ``predict``, and
+    each model's job against ``predict`` and against its engine alone."""
+    models = results["models"]
+    lines = []
+    ceiling = models.get("ceiling-pre", {}).get("rows", {}).get("job-steady")
+    lstm = models.get("lstm64-pre", {}).get("rows", {}).get("predict")
+    if ceiling and lstm:
+        ratio = (ceiling["docs"] / ceiling["wall_s"]) / (lstm["docs"] / lstm["wall_s"])
+        results["ceiling_vs_lstm64_predict"] = round(ratio, 2)
+        lines.append(f"job's own ceiling (ceiling-pre job-steady) = {ratio:.2f}x lstm64-pre predict (target >= 12x); "
+                     f"{ceiling['core_us_per_doc']:.1f} core-us/doc (target <= 6)")
+    for name, model in models.items():
+        steady = model["rows"].get("job-steady")
+        if steady and name != "ceiling-pre":
+            alone = f", {100 * steady['of_engine_alone']:.0f}% of {steady['engine']} alone" \
+                if steady.get("of_engine_alone") else ""
+            lines.append(f"{name}: job-steady {steady['ratio']:.2f}x predict{alone}")
+    if lines:
+        print("targets:\n  " + "\n  ".join(lines))
+
+
 def main(docs: int, quick: bool, out: str | None, job_sizes: tuple[int, int] | None = None, job_args: str = "",
          job_repeat: int = 1, keep: bool = False, models: list[str] | None = None) -> int:
     import logging
@@ -310,7 +337,6 @@ def main(docs: int, quick: bool, out: str | None, job_sizes: tuple[int, int] | N
 
     from beam_pipeline.demo import fit_tokenizer_json
     from beam_pipeline.keras_tokenizer import KerasTokenizer
-    from bench.bench import NUM_WORDS, OOV_TOKEN, make_corpus, write_jsonl
 
     logging.basicConfig(level=logging.WARNING)
     n = docs or (3000 if quick else 20000)
@@ -355,6 +381,14 @@ def main(docs: int, quick: bool, out: str | None, job_sizes: tuple[int, int] | N
                 rows.update(run_job_sizes(work, name, corpora, job_args, job_repeat))
             base = rows["predict"]["docs"] / rows["predict"]["wall_s"]
             tokens_per_doc = sum(map(len, seqs)) / len(seqs)
+            steady = rows.get("job-steady")
+            if steady:  # the job against the engine it ran, alone on the same padded batches
+                chosen = rows["job-big"]["engines_chosen"]
+                engine = max(chosen, key=chosen.get) if chosen else "keras"
+                steady["engine"] = engine
+                if engine in rows and steady["wall_s"] > 0:
+                    steady["of_engine_alone"] = round((steady["docs"] / steady["wall_s"])
+                                                      / (rows[engine]["docs"] / rows[engine]["wall_s"]), 3)
             for variant, r in rows.items():
                 job = variant.startswith("job")
                 rate = r["docs"] / r["wall_s"] if r["wall_s"] > 0 else float("nan")
@@ -382,6 +416,7 @@ def main(docs: int, quick: bool, out: str | None, job_sizes: tuple[int, int] | N
                       f"{startup:>10} {rss:>7}  {notes}", flush=True)
             results["models"][name] = {"maxlen": maxlen, "padding": padding, "useful_flops_per_token": flops,
                                        "rows": rows}
+        _print_targets(results)
     finally:
         if keep:
             print(f"work dir kept (corpora, models, job logs): {work}", file=sys.stderr)

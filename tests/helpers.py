@@ -95,10 +95,15 @@ def run_job(argv: list[str]) -> dict:
     return summary
 
 
-def read_output(prefix: str) -> pa.Table:
+def read_output(prefix: str, text_hash: bool = False) -> pa.Table:
+    """The output's shards as one table. Every shard must end with its ``text_hash`` column
+    (``fixed_size_binary(16)``); it is dropped unless ``text_hash``, so that the columns after
+    ``doc_id``, ``num_tokens`` (and ``windows``) are the embedding columns."""
     shards = sorted(glob.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].parquet"))
     assert shards, f"no shards at {prefix}"
-    return pa.concat_tables([pq.read_table(s) for s in shards])
+    table = pa.concat_tables([pq.read_table(s) for s in shards])
+    assert table.column_names[-1] == "text_hash" and table.schema.field("text_hash").type == pa.binary(16)
+    return table if text_hash else table.drop_columns(["text_hash"])
 
 
 def reference(model, layer_name: str, mode: str, padded: np.ndarray) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""Embed: ``(doc_id, ids)`` -> one ``Rows`` per batch (ids, num_tokens, vectors in columns), and dead letters.
+"""Embed: ``DocBatch``es of token ids -> one ``Rows`` per model batch (ids, num_tokens, vectors), and dead letters.
 
 ``EmbedBatches`` batches the documents itself (``--batch_size``) and hands each full batch to the
 worker process's one inference thread, then goes on reading, tokenizing and writing while the batch
@@ -29,18 +29,22 @@ the DirectRunner), and the length buckets of ``RunInference`` need ``max_batch_d
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils import shared
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_pipeline.options import JobConfig
+from beam_pipeline.ragged import Ragged
+from transforms.batch import DocBatch, concat
 from transforms.errors import ERRORS, NAMESPACE, dead_letter
 from transforms.write import Rows
 
@@ -104,8 +108,12 @@ class _Worker:
         self.embedder = embedder
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
         self.first_batch_logged = False
+        # TensorFlow and Keras leave ~400k objects behind at start-up, which every full collection
+        # would walk again: what is alive now is never garbage, so the collector stops looking at it.
+        gc.collect()
+        gc.freeze()
 
-    def run(self, seqs: list):
+    def run(self, seqs):
         """Runs on ``pool``'s one thread only, so batches never overlap."""
         out = self.embedder.embed(seqs)
         if not self.first_batch_logged:
@@ -116,17 +124,17 @@ class _Worker:
 
 
 class EmbedBatches(beam.DoFn):
-    """Batches ``(doc_id, ids)`` and embeds each batch on the worker's inference thread while the
-    bundle goes on; outputs one ``Rows`` per batch (tag ``errors``: dead letters).
+    """``DocBatch``es in (token ids, or raw texts for a model that tokenizes itself), cut into model
+    batches of ``--batch_size`` documents that run on the worker's inference thread while the bundle
+    goes on; outputs one ``Rows`` per model batch (tag ``errors``: dead letters).
 
-    ``sort_buffer`` > 0 (length bucketing): documents are gathered ``sort_buffer`` at a time, sorted by
-    length and cut into batches, which are all queued at once: the inference thread works through them
-    while the bundle thread reads and tokenizes the next buffer. (A sort in a DoFn of its own, as
-    before, handed the batches over in a burst that the bundle thread then waited out batch by batch:
-    reading and inference took turns.) At most ``max_pending`` batches are queued; a finished batch's
-    rows are emitted at the next document that arrives (or when the queue is full, or at
-    ``finish_bundle``), so memory stays bounded: one sort buffer filling and at most ``max_pending``
-    batches queued or done."""
+    ``sort_buffer`` > 0 (length bucketing): documents are gathered ``sort_buffer`` at a time, ordered by
+    length (a stable argsort of the buffer's lengths) and cut into batches, which are all queued at
+    once: the inference thread works through them while the bundle thread reads and tokenizes the next
+    buffer. Without it, every full batch is queued as soon as it is complete. At most ``max_pending``
+    batches are queued; a finished batch's rows are emitted at the next element that arrives (or when
+    the queue is full, or at ``finish_bundle``), so memory stays bounded: one buffer filling and at most
+    ``max_pending`` batches queued or done."""
 
     def __init__(self, config: JobConfig, sort_buffer: int = 0):
         self.config = config
@@ -140,13 +148,15 @@ class EmbedBatches(beam.DoFn):
         self._worker = self._shared.acquire(lambda: _Worker(load_embedder(self.config)))
 
     def start_bundle(self):
-        self._buffer: list = []  # (doc_id, ids) not yet handed over
-        self._pending: collections.deque[tuple[list, Future]] = collections.deque()
+        self._buffer: list[DocBatch] = []  # documents not yet handed over
+        self._buffered = 0
+        self._pending: collections.deque[tuple[DocBatch, Future]] = collections.deque()
 
-    def process(self, element):
+    def process(self, element: DocBatch):
         self._buffer.append(element)
-        if len(self._buffer) >= (self.sort_buffer or self.batch_size):
-            yield from self._flush()
+        self._buffered += len(element)
+        if self._buffered >= (self.sort_buffer or self.batch_size):
+            yield from self._flush(whole=bool(self.sort_buffer))
         while self._pending and self._pending[0][1].done():
             yield from self._outputs(*self._pending.popleft())
 
@@ -159,44 +169,60 @@ class EmbedBatches(beam.DoFn):
                 yield WindowedValue(out, window.max_timestamp(), [window])
 
     def _drain(self):
-        yield from self._flush()
+        yield from self._flush(whole=True)
         while self._pending:
             yield from self._outputs(*self._pending.popleft())
 
-    def _flush(self):
-        """Hands the buffered documents over in batches (sorted by length first, with a sort buffer)."""
-        buffer, self._buffer = self._buffer, []
+    def _flush(self, whole: bool):
+        """Hands the buffered documents over in batches (ordered by length first, with a sort buffer);
+        unless ``whole``, a last incomplete batch stays buffered."""
+        if not self._buffered:
+            return
+        docs = concat(self._buffer)
+        self._buffer, self._buffered = [], 0
         if self.sort_buffer:
-            buffer.sort(key=lambda element: len(element[1]))
-        for start in range(0, len(buffer), self.batch_size):
+            docs = docs.take(np.argsort(_lengths(docs), kind="stable"))
+        n = len(docs)
+        end = n if whole else n - n % self.batch_size
+        for start in range(0, end, self.batch_size):
             while len(self._pending) >= self.max_pending:  # the queue is full: wait for its oldest batch
                 yield from self._outputs(*self._pending.popleft())
-            batch = buffer[start:start + self.batch_size]
-            self._pending.append((batch, self._worker.pool.submit(self._worker.run, [ids for _, ids in batch])))
+            batch = docs.slice(start, min(start + self.batch_size, end))
+            seqs = batch.texts.to_pylist() if batch.offsets is None else Ragged(batch.offsets, batch.tokens)
+            self._pending.append((batch, self._worker.pool.submit(self._worker.run, seqs)))
+        if end < n:
+            self._buffer, self._buffered = [docs.slice(end, n)], n - end
 
-    def _outputs(self, batch: list, future: Future):
+    def _outputs(self, batch: DocBatch, future: Future):
         try:
             out = future.result()
         except Exception as exception:  # the batch's documents become dead letters; the job goes on
             Metrics.counter(NAMESPACE, "failed_batches").inc()
             LOG.warning("inference failed on a batch of %d documents: %s", len(batch), exception)
             detail = _error_detail(exception)
-            for doc_id, ids in batch:
+            inputs = batch.texts.to_pylist() if batch.offsets is None else batch.token_lists()
+            for doc_id, ids in zip(batch.ids.to_pylist(), inputs):
                 yield beam.pvalue.TaggedOutput(ERRORS, dead_letter(
-                    doc_id, "embed", "inference_failed",
-                    {"doc_id": doc_id, "input": ids if isinstance(ids, str) else list(ids)}, detail))
+                    doc_id, "embed", "inference_failed", {"doc_id": doc_id, "input": ids}, detail))
             return
-        embedder = self._worker.embedder
         Metrics.counter(NAMESPACE, "batches").inc()
-        Metrics.counter(NAMESPACE, f"batches_{embedder.engine.name if embedder.engine else 'keras'}").inc()
+        ran = out.engines[out.lengths > 0]  # rows with no token all take Keras' padding-only value
+        for name in np.unique(ran) if ran.size else ("keras",):
+            Metrics.counter(NAMESPACE, f"batches_{name}").inc()
         Metrics.counter(NAMESPACE, "tokens").inc(int(out.lengths.sum()))
         Metrics.counter(NAMESPACE, "padded_timesteps").inc(out.padded_timesteps)
         Metrics.distribution(NAMESPACE, "inference_ms").update(int(out.seconds * 1000))
-        yield Rows([doc_id for doc_id, _ in batch], out.lengths, list(out.columns.values()), out.offsets, out.windows)
+        yield Rows(batch.ids, out.lengths, list(out.columns.values()), out.offsets, out.windows, batch.text_hash,
+                   out.engines)
+
+
+def _lengths(docs: DocBatch) -> np.ndarray:
+    """Sort key of length bucketing: tokens per document (raw-text models are not bucketed)."""
+    return np.diff(docs.offsets) if docs.offsets is not None else np.zeros(len(docs), dtype=np.int64)
 
 
 class Embed(beam.PTransform):
-    """``(doc_id, ids)`` -> ``Rows`` (one per batch, columns in the order of the job's columns), and
+    """``DocBatch``es -> ``Rows`` (one per model batch, columns in the order of the job's columns), and
     the dead letters of batches whose inference failed."""
 
     def __init__(self, config: JobConfig):

@@ -2,8 +2,10 @@
 
 Columns: ``doc_id`` (string), ``num_tokens`` (int32), then by mode ``vector``
 (``fixed_size_list<float>[D]``), ``vectors`` (``list<fixed_size_list<float>[D]>``, one vector per
-real token) or the states ``h``, ``c`` / ``h_fw, c_fw, h_bw, c_bw`` (``fixed_size_list<float>[U]``).
-Every file carries the key/value metadata ``embedding_job``: JSON that says what the numbers are.
+real token) or the states ``h``, ``c`` / ``h_fw, c_fw, h_bw, c_bw`` (``fixed_size_list<float>[U]``),
+and last ``text_hash`` (``fixed_size_binary(16)``: BLAKE2b-128 of the text's UTF-8 bytes, what an
+incremental run compares). Every file carries the key/value metadata ``embedding_job``: JSON that
+says what the numbers are, and ``embedding_engines``: how many of the file's rows each engine computed.
 
 Arrays are built from NumPy buffers (no per-float Python objects). Beam's file sink writes to a
 temp directory and renames on success, so a killed run leaves no final shard behind.
@@ -33,6 +35,8 @@ from transforms.read import INPUT_BYTES, InputBytes
 LOG = logging.getLogger("beam_pipeline.progress")
 
 METADATA_KEY = b"embedding_job"
+ENGINES_KEY = b"embedding_engines"
+HASH_BYTES = 16
 
 
 def value_type(dtype: str) -> pa.DataType:
@@ -48,6 +52,7 @@ def schema(columns: list[tuple[str, int]], mode: str, dtype: str, provenance: di
         vec = pa.list_(pa.field("element", value_type(dtype), nullable=False), dim)
         fields.append(pa.field(name, pa.list_(pa.field("element", vec, nullable=False)) if mode == "sequence" else vec,
                                nullable=False))
+    fields.append(pa.field("text_hash", pa.binary(HASH_BYTES), nullable=False))
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(provenance, sort_keys=True).encode()})
 
 
@@ -94,11 +99,28 @@ class ReplaceExistingFiles:
 
 
 class ParquetShards(ReplaceExistingFiles, parquetio._ParquetSink):
-    """Beam's Parquet sink (``WriteToParquetBatched``) that replaces existing shards."""
+    """Beam's Parquet sink (``WriteToParquetBatched``) that replaces existing shards. Its records are
+    ``(table, documents per engine)``: each file's footer gets the sum of its tables' counts as the
+    key/value metadata ``embedding_engines``."""
 
     def __init__(self, prefix: str, arrow_schema: pa.Schema, compression: str, num_shards: int):
         super().__init__(prefix, arrow_schema, compression, False, False, ".parquet", num_shards, SHARD_TEMPLATE,
                          "application/x-parquet", None)
+
+    def open(self, temp_path):
+        writer = super().open(temp_path)
+        writer.engine_counts = {}
+        return writer
+
+    def write_record(self, writer, record) -> None:
+        table, engines = record
+        writer.write_table(table)
+        for name, n in engines.items():
+            writer.engine_counts[name] = writer.engine_counts.get(name, 0) + n
+
+    def close(self, writer) -> None:
+        writer.add_key_value_metadata({ENGINES_KEY: json.dumps(dict(sorted(writer.engine_counts.items())))})
+        super().close(writer)
 
 
 class JsonLinesShards(ReplaceExistingFiles, textio._TextSink):
@@ -144,14 +166,18 @@ class Rows:
     """Embedded documents in columns, one batch of them: what the embed stage emits (one element per
     batch, not per document) and the writer turns into Arrow tables without touching single rows.
 
-    ``columns``: per embedding column a ``(B, D)`` array, or for ``sequence`` one flat
-    ``(sum(num_tokens), D)`` array whose rows ``offsets`` (``B + 1``) delimit per document."""
+    ``ids``: ``pa.string()`` array. ``columns``: per embedding column a ``(B, D)`` array, or for
+    ``sequence`` one flat ``(sum(num_tokens), D)`` array whose rows ``offsets`` (``B + 1``) delimit per
+    document. ``text_hash``: ``(B, 16)`` uint8. ``engines``: ``(B,)`` str, the engine that computed
+    each document."""
 
-    ids: list
+    ids: pa.Array
     num_tokens: np.ndarray
     columns: list
     offsets: np.ndarray | None = None
     windows: np.ndarray | None = None
+    text_hash: np.ndarray | None = None
+    engines: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -162,30 +188,43 @@ class Rows:
 
     def take(self, index: np.ndarray) -> Rows:
         """The documents at ``index`` (increasing positions), in that order."""
+        from beam_pipeline.ragged import take_ragged
+
         windows = None if self.windows is None else self.windows[index]
+        text_hash = None if self.text_hash is None else self.text_hash[index]
         num_tokens = self.num_tokens[index]
+        ids = self.ids.take(pa.array(index, type=pa.int64()))
+        engines = self.engines[index]
         if self.offsets is None:
-            return Rows([self.ids[i] for i in index], num_tokens, [c[index] for c in self.columns], None, windows)
-        starts, ends = self.offsets[:-1][index], self.offsets[1:][index]
-        rows = np.concatenate([np.arange(a, b) for a, b in zip(starts.tolist(), ends.tolist())]) if len(index) \
-            else np.zeros(0, dtype=np.int64)
-        offsets = np.zeros(len(index) + 1, dtype=np.int64)
-        np.cumsum(ends - starts, out=offsets[1:])
-        return Rows([self.ids[i] for i in index], num_tokens, [self.columns[0][rows]], offsets, windows)
+            return Rows(ids, num_tokens, [c[index] for c in self.columns], None, windows, text_hash, engines)
+        offsets, rows = take_ragged(self.offsets.astype(np.int64), np.arange(self.offsets[-1]), index)
+        return Rows(ids, num_tokens, [self.columns[0][rows]], offsets, windows, text_hash, engines)
+
+
+def engine_counts(parts: list[Rows]) -> dict[str, int]:
+    """Documents per engine in ``parts``."""
+    names, counts = np.unique(np.concatenate([p.engines for p in parts]), return_counts=True)
+    return {str(name): int(n) for name, n in zip(names, counts)}
+
+
+def _hash_array(parts: list[Rows]) -> pa.Array:
+    hashes = np.concatenate([p.text_hash for p in parts]) if parts else np.zeros((0, HASH_BYTES), np.uint8)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(HASH_BYTES), len(hashes),
+                                                [None, pa.py_buffer(np.ascontiguousarray(hashes).tobytes())])
 
 
 def rows_to_table(parts: list[Rows], arrow_schema: pa.Schema, mode: str) -> pa.Table:
     """Batches of embedded documents -> one ``pa.Table`` of ``arrow_schema``."""
     count = sum(len(p) for p in parts)
     Metrics.counter(NAMESPACE, "embedded").inc(count)
-    ids = pa.array([doc_id for p in parts for doc_id in p.ids], type=pa.string())
+    ids = pa.concat_arrays([p.ids for p in parts]).cast(pa.string()) if parts else pa.array([], pa.string())
     num_tokens = pa.array(np.concatenate([p.num_tokens for p in parts]).astype(np.int32, copy=False))
     arrays = [ids, num_tokens]
     first = 2
     if arrow_schema.names[2] == "windows":
         arrays.append(pa.array(np.concatenate([p.windows for p in parts]).astype(np.int32, copy=False)))
         first = 3
-    for index, field in enumerate(list(arrow_schema)[first:]):
+    for index, field in enumerate(list(arrow_schema)[first:-1]):
         values = np.concatenate([p.columns[index] for p in parts])
         if mode == "sequence":
             offsets = np.zeros(count + 1, dtype=np.int32)
@@ -194,11 +233,13 @@ def rows_to_table(parts: list[Rows], arrow_schema: pa.Schema, mode: str) -> pa.T
             arrays.append(pa.ListArray.from_arrays(pa.array(offsets), inner, type=field.type))
         else:
             arrays.append(_fixed_size(values, field.type))
+    arrays.append(_hash_array(parts))
     return pa.Table.from_arrays(arrays, schema=arrow_schema)
 
 
 class ToArrowTables(beam.DoFn):
-    """Buffers batches of embedded documents (``Rows``) and emits ``pa.Table``s of ~``target_bytes``."""
+    """Buffers batches of embedded documents (``Rows``) and emits ``(pa.Table, documents per engine)``
+    of ~``target_bytes``."""
 
     def __init__(self, arrow_schema: pa.Schema, mode: str, target_bytes: int):
         self.schema = arrow_schema
@@ -227,9 +268,9 @@ class ToArrowTables(beam.DoFn):
         if self._parts:
             yield WindowedValue(self._table(), GlobalWindow().max_timestamp(), [GlobalWindow()])
 
-    def _table(self) -> pa.Table:
+    def _table(self) -> tuple[pa.Table, dict]:
         parts, self._parts, self._bytes = self._parts, [], 0
-        return rows_to_table(parts, self.schema, self.mode)
+        return rows_to_table(parts, self.schema, self.mode), engine_counts(parts)
 
 
 class _RoundRobin(beam.DoFn):
@@ -254,7 +295,7 @@ class _RoundRobin(beam.DoFn):
 
 class _WriteShard(beam.DoFn):
     """One shard's rows -> Arrow tables of ~``target_bytes`` -> one temp file of ``sink``; also
-    outputs the row count (tag ``rows``)."""
+    outputs ``(engine, documents)`` pairs (tag ``rows``)."""
 
     def __init__(self, sink, arrow_schema: pa.Schema, mode: str, target_bytes: int):
         self.sink = sink
@@ -270,23 +311,26 @@ class _WriteShard(beam.DoFn):
         from apache_beam.utils.timestamp import MAX_TIMESTAMP
 
         writer = self.sink.open_writer(init_result, str(uuid.uuid4()))
-        parts, size, count = [], 0, 0
+        parts, size, counts = [], 0, {}
         for rows in element[1]:
             parts.append(rows)
             size += rows.nbytes
-            count += len(rows)
+            for name, n in engine_counts([rows]).items():
+                counts[name] = counts.get(name, 0) + n
             self._progress.tick(len(rows))
             if size >= self.target_bytes:
-                writer.write(rows_to_table(parts, self.schema, self.mode))
+                writer.write((rows_to_table(parts, self.schema, self.mode), engine_counts(parts)))
                 parts, size = [], 0
         if parts:
-            writer.write(rows_to_table(parts, self.schema, self.mode))
+            writer.write((rows_to_table(parts, self.schema, self.mode), engine_counts(parts)))
         yield TimestampedValue(writer.close(), MAX_TIMESTAMP)
-        yield beam.pvalue.TaggedOutput("rows", count)
+        for name, n in counts.items():
+            yield beam.pvalue.TaggedOutput("rows", (name, n))
 
 
 class WriteEmbeddings(beam.PTransform):
-    """Writes the embedded documents; returns the PCollection of shard file names and row counts.
+    """Writes the embedded documents; returns the PCollections of shard file names and of
+    ``(engine, documents written)`` pairs.
 
     With ``num_shards`` 0 the runner decides: each bundle's tables go to their own files. With
     ``num_shards`` N, rows (not tables of up to a row group) are dealt to the N shards in turn,
@@ -309,7 +353,8 @@ class WriteEmbeddings(beam.PTransform):
         if not self.num_shards:
             tables = embedded | "ToArrow" >> beam.ParDo(ToArrowTables(self.schema, self.mode, self.row_group_bytes))
             shards = tables | "WriteParquet" >> iobase.Write(sink)
-            rows = tables | "CountRows" >> beam.Map(lambda t: t.num_rows) | "SumRows" >> beam.CombineGlobally(sum)
+            rows = (tables | "CountRows" >> beam.FlatMap(lambda record: record[1].items())
+                    | "SumRows" >> beam.CombinePerKey(sum))
             return shards, rows
         once = embedded.pipeline | "DoOnce" >> beam.Create([None])
         init = once | "InitializeWrite" >> beam.Map(lambda _, s: s.initialize_write(), sink)
@@ -323,5 +368,5 @@ class WriteEmbeddings(beam.PTransform):
         pre = once | "PreFinalize" >> beam.FlatMap(iobase._pre_finalize, sink, AsSingleton(init), AsIter(written.files))
         shards = once | "FinalizeWrite" >> beam.FlatMap(
             iobase._finalize_write, sink, AsSingleton(init), AsIter(written.files), self.num_shards, AsSingleton(pre))
-        rows = written.rows | "SumRows" >> beam.CombineGlobally(sum)
+        rows = written.rows | "SumRows" >> beam.CombinePerKey(sum)
         return shards, rows
