@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from beam_pipeline import batch_tokenizer
 from beam_pipeline.batch_tokenizer import BatchTokenizer, lowering_differences, truncate
 from beam_pipeline.keras_tokenizer import DEFAULT_FILTERS, KerasTokenizer
 from beam_pipeline.keras_tokenizer import truncate as truncate_one
@@ -139,6 +140,16 @@ def test_large_vocabulary_with_shared_prefixes(large_vocabulary, seed, oov):
     picks = np.random.default_rng(seed).choice(words[:5000] + words[-5000:] + misses, size=4000).tolist()
     texts = [" ".join(picks[i : i + 40]) for i in range(0, len(picks), 40)]
     assert_rows_match(tokenizer, texts)
+
+
+def test_lookup_is_exact_when_every_hash_collides(monkeypatch, large_vocabulary):
+    # with a hash that is always 0 every word probes one chain: only the byte checks tell words apart
+    monkeypatch.setattr(batch_tokenizer, "_mix", lambda x: x & np.uint64(0))
+    words = large_vocabulary[:200] + large_vocabulary[-200:]
+    tokenizer = KerasTokenizer(word_index(["<unk>"] + words), oov_token="<unk>")
+    misses = [w + "a" for w in words[::7]] + [w[:-1] + "b" for w in words[::5]]
+    picks = np.random.default_rng(0).choice(words + misses, size=600).tolist()
+    assert_rows_match(tokenizer, [" ".join(picks[i : i + 30]) for i in range(0, len(picks), 30)])
 
 
 def test_rows_arrow_cannot_lower_fall_back_and_still_match():
