@@ -9,8 +9,10 @@ of Python work per document. The legacy steps, done batch-wide:
    batch holds other text. Arrow lowers each code point by itself, Python does too except for the
    capital sigma (``Σ`` lowers to ``ς`` at a word's end), and the two disagree on a few code points
    (``İ``, which Python lowers to two, and the letters newer than Python's Unicode version):
-   :func:`lowering_differences` finds those once per process, and a row holding any of them (or a
-   ``Σ``) is tokenized by :meth:`KerasTokenizer.text_to_sequence` instead and spliced back;
+   :func:`lowering_differences` finds those once per process. Those Python lowers to text Arrow
+   keeps as it is (``İ`` to ``i̇``) are replaced by Python's lowering first; a row holding any
+   other (or a ``Σ``) is tokenized by :meth:`KerasTokenizer.text_to_sequence` instead and spliced
+   back;
 2. filters to ``split``: ASCII filter characters in the same byte table when ``split`` is one ASCII
    character, the others with one ``replace_substring_regex``;
 3. splitting on the literal ``split`` (never on other whitespace), empty pieces dropped: byte masks
@@ -64,6 +66,19 @@ def lowering_differences() -> np.ndarray:
     table[cps[differ]] = True
     table[_SIGMA] = True
     return table
+
+
+@functools.cache
+def _lowered_first() -> dict[int, str]:
+    """``{code point: Python's lowering}`` for the code points of :func:`lowering_differences` that
+    Arrow lowers right once replaced by Python's lowering (``İ`` -> ``i̇``, which Arrow keeps as it is).
+
+    CPython lowers every code point but ``Σ`` alone, whatever its context, so the replacement is exact.
+    """
+    chars = [chr(c) for c in np.flatnonzero(lowering_differences()) if c != _SIGMA]
+    python = [c.lower() for c in chars]
+    arrow = pc.utf8_lower(pa.array(python, pa.string())).to_pylist()
+    return {ord(c): low for c, low, again in zip(chars, python, arrow) if again == low}
 
 
 def _padded(data: np.ndarray | bytes) -> np.ndarray:
@@ -157,24 +172,40 @@ class _WordTable:
             starts, lengths = starts[cand], lengths[cand]
         view = _words64(buf)
         first, hashes = _keys(view, starts, lengths)
-        found = np.full(starts.size, -1, np.int32)
-        rows = np.arange(starts.size)
         slot = (hashes >> self._shift).astype(np.int64)
+        # first probe on every word at once; the words whose home slot holds another word probe on
+        entry_len = self._slot_len[slot]
+        match = self._matches(view, starts, lengths, first, hashes, slot, entry_len)
+        found = np.where(match, self._slot_id[slot], -1)
+        rows = np.flatnonzero((entry_len != 0) & ~match)
+        slot = (slot[rows] + 1) & self._mask
         while rows.size:
-            n = lengths[rows]
             entry_len = self._slot_len[slot]
-            match = (entry_len == n) & (self._slot_first[slot] == first[rows])
-            longer = np.flatnonzero(match & (n > 8))
-            if longer.size:
-                at = rows[longer]
-                match[longer] = self._same_rest(view, starts[at], n[longer], hashes[at], slot[longer])
+            match = self._matches(view, starts[rows], lengths[rows], first[rows], hashes[rows], slot, entry_len)
             found[rows[match]] = self._slot_id[slot[match]]
-            go_on = (entry_len != 0) & ~match
+            go_on = np.flatnonzero((entry_len != 0) & ~match)
             rows, slot = rows[go_on], (slot[go_on] + 1) & self._mask
         if cand is None:
             return found
         out[cand] = found
         return out
+
+    def _matches(
+        self,
+        view: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        first: np.ndarray,
+        hashes: np.ndarray,
+        slot: np.ndarray,
+        entry_len: np.ndarray,
+    ) -> np.ndarray:
+        """Whether each word equals the word in its ``slot`` (``entry_len``: that word's length, 0 for none)."""
+        match = (entry_len == lengths) & (self._slot_first[slot] == first)
+        longer = np.flatnonzero(match & (lengths > 8))
+        if longer.size:
+            match[longer] = self._same_rest(view, starts[longer], lengths[longer], hashes[longer], slot[longer])
+        return match
 
     def _same_rest(
         self, view: np.ndarray, starts: np.ndarray, lengths: np.ndarray, hashes: np.ndarray, slots: np.ndarray
@@ -289,10 +320,7 @@ class BatchTokenizer:
         fallback = np.zeros(0, np.int64)
         lowered = texts
         if lower and not ascii_only:
-            leads = np.flatnonzero(data >= 0xC0)  # ASCII lowers alike in both
-            bad = leads[lowering_differences()[_code_points(data, leads)]]
-            fallback = np.unique(np.searchsorted(offsets, bad, side="right") - 1)
-            lowered = pc.utf8_lower(texts)
+            lowered, fallback = self._lower(texts, offsets, data)
         ascii_lower = lower and ascii_only  # left to the byte tables below
         if self.tokenizer.char_level:
             word_offsets, ids = self._chars(lowered, ascii_lower)
@@ -312,6 +340,20 @@ class BatchTokenizer:
         if fallback.size:
             word_offsets, ids = self._splice(texts, fallback, word_offsets, ids)
         return word_offsets, ids
+
+    def _lower(self, texts: pa.Array, offsets: np.ndarray, data: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+        """``texts`` lowered by Arrow, and the rows (sorted) Arrow cannot lower as Python does."""
+        leads = np.flatnonzero(data >= 0xC0)  # ASCII lowers alike in both
+        cps = _code_points(data, leads)
+        differ = np.flatnonzero(lowering_differences()[cps])
+        if not differ.size:
+            return pc.utf8_lower(texts), np.zeros(0, np.int64)
+        replace = _lowered_first()
+        fixable = np.isin(cps[differ], list(replace))
+        for cp in np.unique(cps[differ[fixable]]).tolist():
+            texts = pc.replace_substring(texts, chr(cp), replace[cp])
+        fallback = np.unique(np.searchsorted(offsets, leads[differ[~fixable]], side="right") - 1)
+        return pc.utf8_lower(texts), fallback
 
     def _chars(self, texts: pa.Array, ascii_lower: bool) -> tuple[np.ndarray, np.ndarray]:
         offsets, data = _value_buffers(texts)
