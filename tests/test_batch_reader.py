@@ -11,16 +11,16 @@ import pyarrow as pa
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms import read
+from transforms import read_fast
 from transforms.batch import DocBatch
 from transforms.read import COUNTS, ReadCorpus, ReadRecords
 
 
-def read_outputs(element, id_field: str = "id", text_field: str = "text") -> dict:
+def read_outputs(element, id_field: str = "id", text_field: str = "text", fast: bool = True) -> dict:
     """Everything ``ReadRecords`` gives for one element: ``batches``, ``docs`` (their rows as
     ``(id, text)``, in order), ``dead`` (dead-letter records) and ``count`` (the counts output)."""
     batches, dead, counts = [], [], []
-    for out in ReadRecords(id_field, text_field).process(element):
+    for out in ReadRecords(id_field, text_field, fast=fast).process(element):
         if isinstance(out, DocBatch):
             batches.append(out)
         elif out.tag == COUNTS:
@@ -38,7 +38,7 @@ def _jsonl_lines(n: int) -> list[bytes]:
 
 
 def test_batches_hold_at_most_batch_docs_documents_in_file_order(tmp_path, monkeypatch):
-    monkeypatch.setattr(read, "BATCH_DOCS", 4)
+    monkeypatch.setattr(read_fast, "BATCH_DOCS", 4)
     lines = _jsonl_lines(10)
     lines.insert(5, b"not json")
     path = tmp_path / "c.jsonl"
@@ -52,13 +52,16 @@ def test_batches_hold_at_most_batch_docs_documents_in_file_order(tmp_path, monke
     assert got["count"] == 11
 
 
-def test_a_batch_is_handed_on_once_its_texts_are_large(tmp_path, monkeypatch):
-    monkeypatch.setattr(read, "BATCH_BYTES", 100)
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_batch_is_handed_on_once_its_texts_are_large(tmp_path, monkeypatch, fast):
+    """Per record, a batch ends at the document that brings it to ``BATCH_BYTES``; a fast reader hands
+    on a block's rows at once (one block past the mark at most)."""
+    monkeypatch.setattr(read_fast, "BATCH_BYTES", 100)
     path = tmp_path / "c.txt"
     path.write_bytes(b"\n".join([b"x" * 60] * 5) + b"\n")
-    got = read_outputs(str(path))
-    assert [len(b) for b in got["batches"]] == [2, 2, 1]
-    assert [d for d, _ in got["docs"]] == [f"c.txt:{k}" for k in range(1, 6)]
+    got = read_outputs(str(path), fast=fast)
+    assert [len(b) for b in got["batches"]] == ([2, 2, 1] if not fast else [5])
+    assert got["docs"] == [(f"c.txt:{k}", "x" * 60) for k in range(1, 6)]
 
 
 def test_records_read_before_a_file_stops_being_readable_are_handed_on(tmp_path):
@@ -77,7 +80,7 @@ def test_records_read_before_a_file_stops_being_readable_are_handed_on(tmp_path)
 
 
 def test_read_corpus_in_a_direct_runner_pipeline_gives_batches_dead_letters_and_counts(tmp_path, monkeypatch):
-    monkeypatch.setattr(read, "BATCH_DOCS", 3)
+    monkeypatch.setattr(read_fast, "BATCH_DOCS", 3)
     jsonl = tmp_path / "a.jsonl"
     jsonl.write_bytes(b"\n".join(_jsonl_lines(7) + [b"[1]"]) + b"\n")
     text = tmp_path / "b.txt"
