@@ -189,6 +189,8 @@ BAD_JSONL_LINES = {
     "Inf extra": b'{"id": "x", "text": "a", "e": Inf}',
     "minus Inf extra": b'{"id": "x", "text": "a", "e": [-Inf]}',
     "minus NaN extra": b'{"id": "x", "text": "a", "e": -NaN}',
+    "Inf after long whitespace": b'{"id": "x", "text": "a", "e":' + b" " * 100 + b"Inf}",
+    "NaN after minus and whitespace": b'{"id": "x", "text": "a", "e": - NaN}',
     "Inf in text": b'{"id": "x", "text": "a: Inf, [Information"}',
     "1e400 extra": b'{"id": "x", "text": "a", "e": 1e400}',
     "trailing comma": b'{"id": "x", "text": "a",}',

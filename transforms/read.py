@@ -212,21 +212,23 @@ class ReadRecords(beam.DoFn):
     def _blocks(self, f, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int]]:
         return read_fast.range_blocks(f, start, end, self._counted, INPUT_BYTES.add)
 
-    def _halving(self, block: bytes, number: int, offset: int, fast_read, slow_read) -> Iterator:
+    def _halving(self, block: bytes, number: int, offset: int, fast_read, slow_read):
         """The records of ``block`` (lines numbered from ``number``, starting at byte ``offset``):
-        ``fast_read(block, number)`` -> ``read_fast.Rows`` where it can, else the block in halves, each tried again,
-        down to ``MIN_FAST_LINES`` lines, which ``slow_read(block, number, offset)`` reads line by line."""
+        ``fast_read(block, number)`` -> one ``(ids, texts)`` row a line where it can, else the block in
+        halves, each tried again, down to ``MIN_FAST_LINES`` lines, which ``slow_read(lines, number,
+        offset)`` reads line by line. Returns (as a generator) the number of lines the block held."""
         rows = fast_read(block, number) if self.fast else None
         if rows is not None:
             yield read_fast.Rows(*rows)
-            return
+            return len(rows[0])
         parts = read_fast.halves(block) if self.fast and block.count(b"\n") > read_fast.MIN_FAST_LINES else None
         if parts is None:
-            yield from slow_read(block, number, offset)
-            return
+            lines = read_fast.block_lines(block)
+            yield from slow_read(lines, number, offset)
+            return len(lines)
         first, second = parts
-        yield from self._halving(first, number, offset, fast_read, slow_read)
-        yield from self._halving(second, number + first.count(b"\n"), offset + len(first), fast_read, slow_read)
+        lines = yield from self._halving(first, number, offset, fast_read, slow_read)
+        return lines + (yield from self._halving(second, number + lines, offset + len(first), fast_read, slow_read))
 
     def _text(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)
@@ -234,8 +236,8 @@ class ReadRecords(beam.DoFn):
         def fast_read(block: bytes, number: int):
             return read_fast.text_block(block, name, number)
 
-        def slow_read(block: bytes, number: int, offset: int) -> Iterator:
-            for raw in read_fast.block_lines(block):
+        def slow_read(lines: list[bytes], number: int, offset: int) -> Iterator:
+            for raw in lines:
                 doc_id = f"{name}:{number}"
                 number += 1
                 if raw.endswith(b"\r"):
@@ -249,8 +251,7 @@ class ReadRecords(beam.DoFn):
 
         number = 1
         for block, offset in self._blocks(f):
-            yield from self._halving(block, number, offset, fast_read, slow_read)
-            number += block.count(b"\n") + (not block.endswith(b"\n"))
+            number += yield from self._halving(block, number, offset, fast_read, slow_read)
 
     def _jsonl(self, path: str, f, start: int = 0, end: int | None = None) -> Iterator:
         """Records of a JSONL file, or of the lines starting in ``[start, end)`` of it. A dead letter
@@ -261,16 +262,15 @@ class ReadRecords(beam.DoFn):
         def fast_read(block: bytes, number: int):
             return read_fast.jsonl_block(block, self.id_field, self.text_field)
 
-        def slow_read(block: bytes, number: int, offset: int) -> Iterator:
-            for raw in read_fast.block_lines(block):
+        def slow_read(lines: list[bytes], number: int, offset: int) -> Iterator:
+            for raw in lines:
                 where = f"{name}:{number}" if start == 0 else f"{name}@{offset}"
                 number, offset = number + 1, offset + len(raw) + 1
                 yield from self._jsonl_line(raw, where)
 
         number = 1
         for block, offset in self._blocks(f, start, end):
-            yield from self._halving(block, number, offset, fast_read, slow_read)
-            number += block.count(b"\n") + (not block.endswith(b"\n"))
+            number += yield from self._halving(block, number, offset, fast_read, slow_read)
 
     def _jsonl_line(self, raw: bytes, where: str) -> Iterator:
         """The record of one JSONL line (none for a blank line), or its dead letter; ``where``: the

@@ -26,7 +26,6 @@ escapes, non-string texts, bool/float/object ids, comments, trailing commas, con
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 
@@ -47,7 +46,7 @@ MIN_FAST_LINES = 16  # a refused block of at most this many lines goes to the pe
 MAX_FAST_BRACKETS = 100  # a deeper line may pass Python's recursion limit in json.loads: per-line code decides
 _NEWLINE, _OPEN_BRACE, _OPEN_BRACKET = ord("\n"), ord("{"), ord("[")
 _DIGITS = bytes(ord("0") if ord("0") <= i <= ord("9") else ord(" ") for i in range(256))
-_RAPIDJSON_ONLY = re.compile(rb"[\[:,][ \t\r\n]*(?:-?Inf(?!inity)|-NaN)")
+_VALUE_BEFORE = frozenset(b":,[-")  # what stands before a value: a bare Inf/NaN there is a number
 
 
 def range_blocks(f, start: int, end: int | None, counted: list[int] | None, on_read=None):
@@ -209,6 +208,24 @@ def _int_digits_over_limit(block: bytes, data: np.ndarray, starts: np.ndarray, e
     return False
 
 
+def _rapidjson_only_numbers(block: bytes, data: np.ndarray) -> bool:
+    """True when the block may hold ``Inf``, ``-Inf`` or ``-NaN`` as a value (not ``Infinity``, which both
+    parsers take): an ``Inf`` after ``:``, ``,``, ``[`` or ``-`` (and whitespace), a ``NaN`` after ``-``.
+    One inside a string that looks so is refused too; the per-line code then reads it as it always did."""
+    for word in (b"Inf", b"NaN"):
+        first = np.flatnonzero(data[:-2] == word[0])
+        for at in first[(data[first + 1] == word[1]) & (data[first + 2] == word[2])].tolist():
+            j = at
+            while j > 0 and block[j - 1] in b" \t\r\n":
+                j -= 1
+            before = block[j - 1] if j > 0 else None
+            if word == b"Inf" and before in _VALUE_BEFORE and not block.startswith(b"inity", at + 3):
+                return True
+            if word == b"NaN" and before == ord("-"):
+                return True
+    return False
+
+
 def _jsonl_precheck(block: bytes) -> int | None:
     """The number of lines of a block ``pyarrow.json`` may read exactly as ``json.loads`` would, or
     None when it must not (see the module's docstring)."""
@@ -227,7 +244,7 @@ def _jsonl_precheck(block: bytes) -> int | None:
             return None
     if _int_digits_over_limit(block, data, starts, ends):
         return None
-    if (b"Inf" in block or b"NaN" in block) and _RAPIDJSON_ONLY.search(block):
+    if _rapidjson_only_numbers(block, data):
         return None
     return int(starts.size)
 
