@@ -20,8 +20,8 @@ that they spread over workers (and, on Dataflow, the tokenized documents too: ``
 Each file also reports how many records it held (tag ``counts``), for the run's summary.
 
 A main output is a ``DocBatch`` (``transforms/batch.py``) of at most ``BATCH_DOCS`` documents and about
-``BATCH_BYTES`` characters of text: ``ids`` and ``texts`` ``pa.string()`` arrays, in file order; a file's (or a
-range's) last batch holds what is left. Dead letters are single records (tag ``errors``).
+``read_fast.BATCH_BYTES`` bytes of text: ``ids`` and ``texts`` ``pa.string()`` arrays, in file order; a
+file's (or a range's) last batch holds what is left. Dead letters are single records (tag ``errors``).
 """
 
 from __future__ import annotations
@@ -40,40 +40,11 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.batch import BATCH_DOCS, DocBatch
+from transforms import read_fast
 from transforms.errors import NAMESPACE, tagged
 
 COUNTS = "counts"
 STAGE = "read"
-# A batch is handed on once its texts reach this many characters, even with fewer than BATCH_DOCS documents:
-# long documents keep a batch's memory bounded (and its string offsets far from the 2 GiB of pa.string()).
-BATCH_BYTES = 64 << 20
-
-
-class _Batcher:
-    """Documents in, ``DocBatch``es of at most ``BATCH_DOCS`` documents out, in the order given."""
-
-    def __init__(self):
-        self.ids: list[str] = []
-        self.texts: list[str] = []
-        self.nbytes = 0
-
-    def add(self, doc_id: str, text: str) -> DocBatch | None:
-        """Buffers one document; returns a full batch when this one completes it."""
-        self.ids.append(doc_id)
-        self.texts.append(text)
-        self.nbytes += len(text)
-        if len(self.ids) >= BATCH_DOCS or self.nbytes >= BATCH_BYTES:
-            return self.flush()
-        return None
-
-    def flush(self) -> DocBatch | None:
-        """The buffered documents as one batch (None when there are none); the buffer is emptied."""
-        if not self.ids:
-            return None
-        batch = DocBatch(pa.array(self.ids, pa.string()), pa.array(self.texts, pa.string()))
-        self.ids, self.texts, self.nbytes = [], [], 0
-        return batch
 
 
 class InputBytes:
@@ -118,57 +89,12 @@ def file_format(path: str) -> str:
     return "text"
 
 
-BOM = b"\xef\xbb\xbf"
-
-
 def _lines(f, counted: list[int] | None = None) -> Iterator[bytes]:
     """Lines split on b"\\n" only (a text's own U+2028 or \\r stay inside its document); a leading
     UTF-8 byte-order mark (as Windows editors write) is not part of the first line. ``counted``: a
     one-item list that gets the bytes read added, as they are read."""
-    for line, _ in _range_lines(f, 0, None, counted):
-        yield line
-
-
-def _range_lines(f, start: int, end: int | None, counted: list[int] | None = None) -> Iterator[tuple[bytes, int]]:
-    """``(line, byte offset of its start)`` for the lines of ``f`` that start in ``[start, end)``
-    (``end`` None: to the end of the file), split as ``_lines`` splits them. A range that starts inside
-    a line leaves that line to the range it started in, and the range's last line is read whole, past
-    ``end``: ranges that tile a file give each line exactly once."""
-    if start > 0:
-        f.seek(start - 1)  # the byte before: a newline there means a line starts at ``start``
-        offset, skip, tail = start - 1, True, b""
-    else:
-        tail = f.read(len(BOM))
-        offset, skip = 0, False
-        if tail == BOM:  # not part of the first line's text; that line still starts at byte 0 (ranges agree)
-            tail, offset = b"", len(BOM)
-    first = start == 0  # offset: where the next line's bytes start in the file
-
-    def split(parts):
-        nonlocal offset, skip, first
-        for line in parts:
-            line_start = 0 if first else offset
-            first = False
-            offset += len(line) + 1
-            if skip:
-                skip = False
-                continue
-            if end is not None and line_start >= end:
-                return True
-            yield line, line_start
-        return False
-
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        if counted is not None:  # bytes of an uncompressed file: its progress as it is read
-            counted[0] += len(chunk)
-            INPUT_BYTES.add(len(chunk))
-        parts = (tail + chunk).split(b"\n")
-        tail = parts.pop()
-        if (yield from split(parts)):
-            return
-    # A file of at most len(BOM) bytes never entered the loop: its lines are still to be split.
-    *parts, tail = tail.split(b"\n")
-    yield from split(parts + ([tail] if tail else []))
+    for block, _ in read_fast.range_blocks(f, 0, None, counted, INPUT_BYTES.add):
+        yield from read_fast.block_lines(block)
 
 
 def _cut_short(f, size: int | None) -> bool:
@@ -194,10 +120,14 @@ def _is_utf8(text: str) -> bool:
 class ReadRecords(beam.DoFn):
     """One file path in; ``DocBatch`` main outputs, dead letters, and the file's record count."""
 
-    def __init__(self, id_field: str, text_field: str, total_bytes: int = 0):
+    def __init__(self, id_field: str, text_field: str, total_bytes: int = 0, fast: bool = True):
+        """``fast``: read JSONL, text and Parquet with the Arrow readers of ``transforms/read_fast.py``
+        where they are exact (default); False reads every record with the per-record code (the reference
+        the fast readers are tested against; CSV is always read so)."""
         self.id_field = id_field
         self.text_field = text_field
         self.total_bytes = total_bytes
+        self.fast = fast
         self.run = uuid.uuid4().hex  # one per pipeline built: this run's progress counts
 
     def setup(self):
@@ -212,7 +142,7 @@ class ReadRecords(beam.DoFn):
         count = 0
         self._counted = None if path.lower().endswith(COMPRESSED) else [0]  # compressed: counted once read
         failure = None
-        batcher = _Batcher()
+        batcher = read_fast.Batcher()
         with contextlib.ExitStack() as stack:
             # Errors of the reading itself (a corrupt or cut compressed stream, a file that is not Parquet)
             # end the file with one dead letter saying where; the records before it stay. Only ``next`` is
@@ -235,19 +165,19 @@ class ReadRecords(beam.DoFn):
                 except Exception as e:
                     failure = e
                     break
-                count += 1
-                if isinstance(out, tuple):
-                    batch = batcher.add(*out)
-                    if batch is not None:
-                        yield batch
+                if isinstance(out, read_fast.Rows):
+                    count += len(out)
+                    yield from batcher.add_rows(out)
+                elif isinstance(out, tuple):
+                    count += 1
+                    yield from batcher.add(*out)
                 else:
+                    count += 1
                     yield out
             if failure is None and _cut_short(f, size):
                 failure = EOFError("the compressed stream ends before its end marker: the file was cut short, "
                                    "and its last record read may be incomplete")
-        batch = batcher.flush()  # the records read before a failure stay
-        if batch is not None:
-            yield batch
+        yield from batcher.flush()  # the records read before a failure stay
         if failure is not None:
             count += 1
             message = str(failure).strip()
@@ -279,52 +209,92 @@ class ReadRecords(beam.DoFn):
             return tagged(doc_id, STAGE, "non_string_text", raw, f"{self.text_field!r} is {type(text).__name__}")
         return doc_id, text
 
+    def _blocks(self, f, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int]]:
+        return read_fast.range_blocks(f, start, end, self._counted, INPUT_BYTES.add)
+
+    def _halving(self, block: bytes, number: int, offset: int, fast_read, slow_read):
+        """The records of ``block`` (lines numbered from ``number``, starting at byte ``offset``):
+        ``fast_read(block, number)`` -> one ``(ids, texts)`` row a line where it can, else the block in
+        halves, each tried again, down to ``MIN_FAST_LINES`` lines, which ``slow_read(lines, number,
+        offset)`` reads line by line. Returns (as a generator) the number of lines the block held."""
+        rows = fast_read(block, number) if self.fast else None
+        if rows is not None:
+            yield read_fast.Rows(*rows)
+            return len(rows[0])
+        parts = read_fast.halves(block) if self.fast and block.count(b"\n") > read_fast.MIN_FAST_LINES else None
+        if parts is None:
+            lines = read_fast.block_lines(block)
+            yield from slow_read(lines, number, offset)
+            return len(lines)
+        first, second = parts
+        lines = yield from self._halving(first, number, offset, fast_read, slow_read)
+        return lines + (yield from self._halving(second, number + lines, offset + len(first), fast_read, slow_read))
+
     def _text(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)
-        for number, raw in enumerate(_lines(f, self._counted), start=1):
-            doc_id = f"{name}:{number}"
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield tagged(doc_id, STAGE, "invalid_utf8", raw, str(e))
-                continue
-            yield doc_id, text
+
+        def fast_read(block: bytes, number: int):
+            return read_fast.text_block(block, name, number)
+
+        def slow_read(lines: list[bytes], number: int, offset: int) -> Iterator:
+            for raw in lines:
+                doc_id = f"{name}:{number}"
+                number += 1
+                if raw.endswith(b"\r"):
+                    raw = raw[:-1]
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield tagged(doc_id, STAGE, "invalid_utf8", raw, str(e))
+                    continue
+                yield doc_id, text
+
+        number = 1
+        for block, offset in self._blocks(f):
+            number += yield from self._halving(block, number, offset, fast_read, slow_read)
 
     def _jsonl(self, path: str, f, start: int = 0, end: int | None = None) -> Iterator:
         """Records of a JSONL file, or of the lines starting in ``[start, end)`` of it. A dead letter
         says where its line is: ``name:line number`` when reading from the file's start, else
         ``name@byte offset`` (the line number is unknown without reading the bytes before)."""
         name = posixpath.basename(path)
-        lines = _range_lines(f, start, end, self._counted)
-        for number, (raw, offset) in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield tagged(None, STAGE, "invalid_utf8", raw, f"{self._where(name, number, offset, start)}: {e}")
-                continue
-            except (ValueError, RecursionError) as e:  # JSONDecodeError, an int over 4300 digits, deep nesting
-                yield tagged(None, STAGE, "invalid_json", raw,
-                             f"{self._where(name, number, offset, start)}: {type(e).__name__}: {str(e)[:300]}")
-                continue
-            if not isinstance(record, dict):
-                yield tagged(None, STAGE, "invalid_json", raw,
-                             f"{self._where(name, number, offset, start)}: not a JSON object")
-                continue
-            # A valid UTF-8 line still yields a lone surrogate from an escape ("\ud800"), which no UTF-8 writer takes.
-            if not all(_is_utf8(v) for v in (record.get(self.id_field), record.get(self.text_field))
-                       if isinstance(v, str)):
-                yield tagged(None, STAGE, "invalid_utf8", raw, f"{self._where(name, number, offset, start)}: "
-                             f"{self.id_field!r} or {self.text_field!r} holds a lone surrogate escape")
-                continue
-            yield self._fields(record, raw)
 
-    @staticmethod
-    def _where(name: str, number: int, offset: int, start: int) -> str:
-        return f"{name}:{number}" if start == 0 else f"{name}@{offset}"
+        def fast_read(block: bytes, number: int):
+            return read_fast.jsonl_block(block, self.id_field, self.text_field)
+
+        def slow_read(lines: list[bytes], number: int, offset: int) -> Iterator:
+            for raw in lines:
+                where = f"{name}:{number}" if start == 0 else f"{name}@{offset}"
+                number, offset = number + 1, offset + len(raw) + 1
+                yield from self._jsonl_line(raw, where)
+
+        number = 1
+        for block, offset in self._blocks(f, start, end):
+            number += yield from self._halving(block, number, offset, fast_read, slow_read)
+
+    def _jsonl_line(self, raw: bytes, where: str) -> Iterator:
+        """The record of one JSONL line (none for a blank line), or its dead letter; ``where``: the
+        ``file:line`` or ``file@offset`` its detail names."""
+        if not raw.strip():
+            return
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield tagged(None, STAGE, "invalid_utf8", raw, f"{where}: {e}")
+            return
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, an int over 4300 digits, deep nesting
+            yield tagged(None, STAGE, "invalid_json", raw, f"{where}: {type(e).__name__}: {str(e)[:300]}")
+            return
+        if not isinstance(record, dict):
+            yield tagged(None, STAGE, "invalid_json", raw, f"{where}: not a JSON object")
+            return
+        # A valid UTF-8 line still yields a lone surrogate from an escape ("\ud800"), which no UTF-8 writer takes.
+        if not all(_is_utf8(v) for v in (record.get(self.id_field), record.get(self.text_field))
+                   if isinstance(v, str)):
+            yield tagged(None, STAGE, "invalid_utf8", raw,
+                         f"{where}: {self.id_field!r} or {self.text_field!r} holds a lone surrogate escape")
+            return
+        yield self._fields(record, raw)
 
     def _csv(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)
@@ -355,7 +325,11 @@ class ReadRecords(beam.DoFn):
         parquet = pq.ParquetFile(f)
         wanted = [c for c in (self.id_field, self.text_field) if c in parquet.schema_arrow.names]
         for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group, columns=wanted)
+            table = parquet.read_row_group(group, columns=wanted, use_threads=False)
+            rows = read_fast.parquet_group(table, self.id_field, self.text_field) if self.fast else None
+            if rows is not None:
+                yield read_fast.Rows(*rows)
+                continue
             try:
                 records = table.to_pylist()
             except UnicodeDecodeError:  # a string column holding bytes that are not UTF-8: find them row by row
@@ -365,8 +339,6 @@ class ReadRecords(beam.DoFn):
                 yield self._fields(record, record)
 
     def _parquet_rows_as_bytes(self, table) -> Iterator:
-        import pyarrow as pa
-
         strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         as_bytes = table.cast(pa.schema([pa.field(f.name, pa.binary() if f.name in strings else f.type)
                                          for f in table.schema]))

@@ -1,0 +1,342 @@
+"""Fast readers: JSONL, plain text and Parquet read block by block into Arrow arrays, where that is exact.
+
+Every fast path answers "exactly what the per-record code in ``transforms/read.py`` would give" or
+``None``; on ``None`` the caller reads the same block with that per-record code, so the documents and
+dead letters never depend on which path read them. A refused JSONL or text block is halved and each half
+tried again (down to ``MIN_FAST_LINES`` lines), so one bad line costs the per-line code a few lines, not
+a whole block. Arrow's thread pool is never used (``use_threads=False``): the model needs the cores.
+
+JSONL blocks are parsed by ``pyarrow.json`` with an explicit ``{id: string, text: string}`` schema
+(other fields ignored; an id column of integers read again as int64 and written ``str(int)`` as today).
+What ``pyarrow.json`` takes and Python's ``json.loads`` would not, or reads otherwise, is refused before
+or after parsing:
+
+- invalid UTF-8 anywhere in the block (``pyarrow.json`` does not validate ignored fields);
+- a line that does not start with ``{`` (blank lines, leading whitespace or byte-order mark, not an object);
+- a lone ``\\r`` (a line break to ``pyarrow.json``, whitespace or an error to ``json.loads``);
+- more rows than lines (two objects on one line);
+- a line with more than ``MAX_FAST_BRACKETS`` ``[``/``{`` (nesting ``json.loads`` may refuse);
+- a run of digits longer than Python's integer string limit (``sys.get_int_max_str_digits``);
+- ``Inf``, ``-Inf`` or ``-NaN`` as a value (rapidjson's extensions; Python takes ``NaN``/``Infinity``);
+- after parsing: a null or missing id or text, an id that is blank (``str.strip``).
+
+``pyarrow.json`` refuses by itself: duplicate keys (``json.loads`` keeps the last), lone surrogate
+escapes, non-string texts, bool/float/object ids, comments, trailing commas, control characters.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from transforms.batch import BATCH_DOCS, DocBatch
+
+BOM = b"\xef\xbb\xbf"
+# A batch is handed on once its texts reach this many bytes (characters, for documents read one by one),
+# even with fewer than BATCH_DOCS documents: long documents keep a batch's memory bounded (and its string
+# offsets far from the 2 GiB of pa.string()).
+BATCH_BYTES = 64 << 20
+CHUNK_BYTES = 1 << 20  # bytes read from the file at a time; a block is the whole lines read so far
+MIN_FAST_LINES = 16  # a refused block of at most this many lines goes to the per-line code without halving
+MAX_FAST_BRACKETS = 100  # a deeper line may pass Python's recursion limit in json.loads: per-line code decides
+_NEWLINE, _OPEN_BRACE, _OPEN_BRACKET = ord("\n"), ord("{"), ord("[")
+_DIGITS = bytes(ord("0") if ord("0") <= i <= ord("9") else ord(" ") for i in range(256))
+_VALUE_BEFORE = frozenset(b":,[-")  # what stands before a value: a bare Inf/NaN there is a number
+
+
+def range_blocks(f, start: int, end: int | None, counted: list[int] | None, on_read=None):
+    """``(block, byte offset of its first line)`` for the lines of ``f`` that start in ``[start, end)``,
+    split as ``transforms.read._range_lines`` splits them: on ``b"\\n"``, a leading byte-order mark
+    dropped, a line that starts before ``start`` left to the previous range, the last line read whole
+    past ``end``. A block is the whole lines read so far (about ``CHUNK_BYTES``; a longer line whole), each
+    ending in ``b"\\n"`` but for the file's last one: the lines of a file that stops being readable are
+    handed on up to the last chunk read, as the per-line reading did. ``counted`` (a one-item list) and
+    ``on_read`` get the number of bytes read, as they are read."""
+    first = start == 0  # the first line of the file counts as starting at byte 0, byte-order mark or not
+    if start > 0:
+        f.seek(start - 1)  # the byte before: a newline there means a line starts at ``start``
+        buf, pos, skip = b"", start - 1, True
+    else:
+        buf, pos, skip = f.read(len(BOM)), 0, False
+        if buf == BOM:
+            buf, pos = b"", len(BOM)
+    eof = False
+    while True:
+        if skip:
+            cut = buf.find(b"\n")
+            if cut >= 0:
+                buf, pos, skip = buf[cut + 1:], pos + cut + 1, False
+        if not skip:
+            line_start = 0 if first else pos
+            if end is not None and line_start >= end:
+                return
+            if end is not None and pos + len(buf) >= end:
+                cut = buf.find(b"\n", max(end - 1 - pos, 0))
+                if cut >= 0:  # the line holding byte end - 1 is the range's last
+                    yield buf[:cut + 1], pos
+                    return
+            else:
+                cut = buf.rfind(b"\n")
+                if cut >= 0:
+                    yield buf[:cut + 1], pos
+                    buf, pos, first = buf[cut + 1:], pos + cut + 1, False
+                    continue
+        if eof:
+            if buf and not skip:
+                yield buf, pos
+            return
+        chunk = f.read(CHUNK_BYTES)
+        if not chunk:
+            eof = True
+            continue
+        if counted is not None:
+            counted[0] += len(chunk)
+            if on_read is not None:
+                on_read(len(chunk))
+        buf += chunk
+
+
+class Rows:
+    """Documents read by a fast reader: ``ids`` and ``texts`` ``pa.string()`` arrays, in file order."""
+
+    def __init__(self, ids: pa.Array, texts: pa.Array):
+        self.ids, self.texts = ids, texts
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Batcher:
+    """Documents in (one by one or as arrays), ``DocBatch``es of at most ``BATCH_DOCS`` documents out, in
+    the order given; a batch's arrays are its own (never a slice that would carry a whole block along)."""
+
+    def __init__(self):
+        self.pieces: list[tuple[pa.Array, pa.Array]] = []
+        self.ids: list[str] = []
+        self.texts: list[str] = []
+        self.size = 0
+        self.nbytes = 0
+
+    def add(self, doc_id: str, text: str) -> Iterator[DocBatch]:
+        self.ids.append(doc_id)
+        self.texts.append(text)
+        self.size += 1
+        self.nbytes += len(text)
+        if self.size >= BATCH_DOCS or self.nbytes >= BATCH_BYTES:
+            yield from self.flush(whole=self.nbytes >= BATCH_BYTES)
+
+    def add_rows(self, rows: Rows) -> Iterator[DocBatch]:
+        self._close_lists()
+        self.pieces.append((rows.ids, rows.texts))
+        self.size += len(rows)
+        self.nbytes += rows.texts.nbytes
+        if self.size >= BATCH_DOCS or self.nbytes >= BATCH_BYTES:
+            yield from self.flush(whole=self.nbytes >= BATCH_BYTES)
+
+    def _close_lists(self) -> None:
+        if self.ids:
+            self.pieces.append((pa.array(self.ids, pa.string()), pa.array(self.texts, pa.string())))
+            self.ids, self.texts = [], []
+
+    def flush(self, whole: bool = True) -> Iterator[DocBatch]:
+        """The buffered documents as batches of ``BATCH_DOCS``, and what is left as one more batch
+        (``whole``) or kept for the next."""
+        self._close_lists()
+        if not self.pieces:
+            return
+        ids = pa.concat_arrays([p[0] for p in self.pieces])
+        texts = pa.concat_arrays([p[1] for p in self.pieces])
+        full = len(ids) if whole else len(ids) - len(ids) % BATCH_DOCS
+        for lo in range(0, full, BATCH_DOCS):
+            n = min(BATCH_DOCS, full - lo)
+            yield DocBatch(pa.concat_arrays([ids.slice(lo, n)]), pa.concat_arrays([texts.slice(lo, n)]))
+        self.pieces = [(ids.slice(full), texts.slice(full))] if full < len(ids) else []
+        self.size = len(ids) - full
+        self.nbytes = self.pieces[0][1].nbytes if self.pieces else 0
+
+
+def block_lines(block: bytes) -> list[bytes]:
+    """The lines of a block, without their ``b"\\n"``."""
+    lines = block.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def halves(block: bytes) -> tuple[bytes, bytes] | None:
+    """The block cut at a line end near its middle (None when it is one line)."""
+    cut = block.find(b"\n", len(block) // 2)
+    if cut < 0 or cut == len(block) - 1:
+        cut = block.rfind(b"\n", 0, len(block) - 1)
+    if cut < 0:
+        return None
+    return block[:cut + 1], block[cut + 1:]
+
+
+def _utf8(block: bytes) -> bool:
+    if block.isascii():
+        return True
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _line_starts(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, ends)``: byte offsets of each line's first byte and of its end (its newline, or the
+    end of the block)."""
+    newlines = np.flatnonzero(data == _NEWLINE)
+    ends = newlines if newlines.size and newlines[-1] == data.size - 1 else np.append(newlines, data.size)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    return starts, ends
+
+
+def _int_digits_over_limit(block: bytes, data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bool:
+    limit = sys.get_int_max_str_digits()
+    if not limit:
+        return False
+    run = b"0" * (limit + 1)
+    for i in np.flatnonzero(ends - starts > limit).tolist():
+        if run in block[starts[i]:ends[i]].translate(_DIGITS):
+            return True
+    return False
+
+
+def _rapidjson_only_numbers(block: bytes, data: np.ndarray) -> bool:
+    """True when the block may hold ``Inf``, ``-Inf`` or ``-NaN`` as a value (not ``Infinity``, which both
+    parsers take): an ``Inf`` after ``:``, ``,``, ``[`` or ``-`` (and whitespace), a ``NaN`` after ``-``.
+    One inside a string that looks so is refused too; the per-line code then reads it as it always did."""
+    for word in (b"Inf", b"NaN"):
+        first = np.flatnonzero(data[:-2] == word[0])
+        for at in first[(data[first + 1] == word[1]) & (data[first + 2] == word[2])].tolist():
+            j = at
+            while j > 0 and block[j - 1] in b" \t\r\n":
+                j -= 1
+            before = block[j - 1] if j > 0 else None
+            if word == b"Inf" and before in _VALUE_BEFORE and not block.startswith(b"inity", at + 3):
+                return True
+            if word == b"NaN" and before == ord("-"):
+                return True
+    return False
+
+
+def _jsonl_precheck(block: bytes) -> int | None:
+    """The number of lines of a block ``pyarrow.json`` may read exactly as ``json.loads`` would, or
+    None when it must not (see the module's docstring)."""
+    if not _utf8(block):
+        return None
+    data = np.frombuffer(block, np.uint8)
+    starts, ends = _line_starts(data)
+    if not np.all(data[starts] == _OPEN_BRACE):
+        return None
+    if b"\r" in block and block.count(b"\r") != block.count(b"\r\n"):
+        return None
+    opening = np.count_nonzero(data == _OPEN_BRACE) + np.count_nonzero(data == _OPEN_BRACKET)
+    if opening - starts.size > MAX_FAST_BRACKETS:
+        per_line = np.add.reduceat((data == _OPEN_BRACE) | (data == _OPEN_BRACKET), starts)
+        if per_line.max() > MAX_FAST_BRACKETS:
+            return None
+    if _int_digits_over_limit(block, data, starts, ends):
+        return None
+    if _rapidjson_only_numbers(block, data):
+        return None
+    return int(starts.size)
+
+
+def _blank(ids: pa.Array) -> bool:
+    """True when an id is empty or whitespace (``str.strip``); ids starting with a printable ASCII
+    character are not, the others (rare) are checked in Python."""
+    sure = pc.match_substring_regex(ids, "^[!-~]")
+    if pc.all(sure).as_py():
+        return False
+    return any(not i.strip() for i in ids.filter(pc.invert(sure)).to_pylist())
+
+
+def jsonl_block(block: bytes, id_field: str, text_field: str) -> tuple[pa.Array, pa.Array] | None:
+    """``(ids, texts)`` (``pa.string()``) of a block of JSONL lines (see ``range_blocks``), exactly as
+    the per-line code would give them, or None when the block needs the per-line code (a bad line, or one
+    ``pyarrow.json`` cannot read exactly)."""
+    if id_field == text_field:
+        return None
+    lines = _jsonl_precheck(block)
+    if lines is None:
+        return None
+    table = None
+    for id_type in (pa.string(), pa.int64()):
+        schema = pa.schema([(id_field, id_type), (text_field, pa.string())])
+        try:
+            table = pj.read_json(pa.BufferReader(block),
+                                 read_options=pj.ReadOptions(use_threads=False, block_size=len(block) + 1),
+                                 parse_options=pj.ParseOptions(explicit_schema=schema,
+                                                               unexpected_field_behavior="ignore"))
+            break
+        except pa.ArrowInvalid as e:
+            if f"Column(/{id_field}) changed from string to number" not in str(e):
+                return None
+    if table is None or table.num_rows != lines:
+        return None
+    ids, texts = table.column(id_field).combine_chunks(), table.column(text_field).combine_chunks()
+    if ids.null_count or texts.null_count:
+        return None
+    if pa.types.is_integer(ids.type):
+        ids = ids.cast(pa.string())
+    elif _blank(ids):
+        return None
+    return ids, texts
+
+
+def text_block(block: bytes, name: str, first_number: int) -> tuple[pa.Array, pa.Array] | None:
+    """``(ids, texts)`` of a block of plain-text lines numbered from ``first_number``: ids
+    ``<name>:<number>``, texts without their ``\\n`` and one ``\\r`` before it; None when a line is not
+    UTF-8 (the per-line code dead-letters it)."""
+    if not _utf8(block):
+        return None
+    data = np.frombuffer(block, np.uint8)
+    starts, ends = _line_starts(data)
+    cr = (ends > starts) & (data[np.maximum(ends - 1, 0)] == ord("\r"))
+    keep = np.ones(data.size, bool)
+    keep[ends[ends < data.size]] = False  # the newlines
+    keep[ends[cr] - 1] = False  # and the \r before one
+    ends = ends - cr
+    offsets = np.zeros(starts.size + 1, np.int32)
+    np.cumsum(ends - starts, out=offsets[1:])
+    texts = pa.Array.from_buffers(pa.string(), starts.size, [None, pa.py_buffer(offsets), pa.py_buffer(data[keep])])
+    numbers = pa.array(np.arange(first_number, first_number + starts.size, dtype=np.int64)).cast(pa.string())
+    return pc.binary_join_element_wise(f"{name}:", numbers, ""), texts
+
+
+def parquet_group(table: pa.Table, id_field: str, text_field: str) -> tuple[pa.Array, pa.Array] | None:
+    """``(ids, texts)`` of a Parquet row group read as Arrow, exactly as the per-record code would give
+    them, or None when a row needs it: a missing column, a null, a blank id, an id that is not a string,
+    an integer or UTF-8 bytes, a text that is not a string, a string that is not UTF-8."""
+    if id_field not in table.column_names or text_field not in table.column_names:
+        return None
+    ids, texts = (_decoded(table.column(c).combine_chunks()) for c in (id_field, text_field))
+    if ids.null_count or texts.null_count or texts.type not in _STRINGS:
+        return None
+    if pa.types.is_integer(ids.type):
+        return ids.cast(pa.string()), texts.cast(pa.string())
+    if ids.type not in _STRINGS and ids.type not in (pa.binary(), pa.large_binary()):
+        return None
+    try:
+        ids = ids.cast(pa.large_binary()).cast(pa.large_string())  # bytes that are not UTF-8 raise here
+        ids.validate(full=True)
+        texts.validate(full=True)  # and strings that are not UTF-8 here
+    except pa.ArrowInvalid:
+        return None
+    if _blank(ids):
+        return None
+    return ids.cast(pa.string()), texts.cast(pa.string())
+
+
+_STRINGS = (pa.string(), pa.large_string())
+
+
+def _decoded(column: pa.Array) -> pa.Array:
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
