@@ -51,7 +51,7 @@ class EmbeddedBatch:
     padded_timesteps: int  # timesteps the model computed: rows x width, or what a padding-prefix engine ran
     seconds: float
     windows: np.ndarray | None = None  # (B,) int32 windows read per document (--long_docs carry)
-    engines: np.ndarray | None = None  # (B,) object (str): the engine that computed each document (padding-only ones: "keras")
+    engines: np.ndarray | None = None  # (B,) str objects: each document's engine (padding-only ones: "keras")
 
 
 def configure_device(device: str) -> str:

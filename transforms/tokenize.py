@@ -18,8 +18,8 @@ from apache_beam.metrics import Metrics
 
 from beam_pipeline import files
 from beam_pipeline.batch_tokenizer import BatchTokenizer, truncate
-from beam_pipeline.ragged import Ragged
 from beam_pipeline.keras_tokenizer import KerasTokenizer
+from beam_pipeline.ragged import Ragged
 from transforms.batch import DocBatch, hash_texts
 from transforms.errors import NAMESPACE, tagged
 
@@ -54,7 +54,7 @@ class Tokenize(beam.DoFn):
             if not len(batch):
                 return
             offsets, tokens, text_hash = batch.offsets, batch.tokens, text_hash[batch.text_hash]
-        fallback = self._tokenizer.fallback_rows
+        fallback = self._tokenizer.last_fallback.size  # rows the exact per-document tokenizer did
         if fallback:
             Metrics.counter(NAMESPACE, "tokenize_fallback_rows").inc(fallback)
         if self.maxlen is not None:
