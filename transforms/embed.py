@@ -44,7 +44,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_pipeline.options import JobConfig
 from beam_pipeline.ragged import Ragged
-from transforms.batch import DocBatch, concat
+from transforms.batch import BATCH_DOCS, DocBatch, concat
 from transforms.errors import ERRORS, NAMESPACE, dead_letter
 from transforms.write import Rows
 
@@ -140,8 +140,9 @@ class EmbedBatches(beam.DoFn):
         self.config = config
         self.batch_size = config.batch_size
         self.sort_buffer = sort_buffer
-        # Unsorted: the next batch may wait behind the one running while a third fills.
-        self.max_pending = (-(-sort_buffer // self.batch_size) if sort_buffer else 0) + 2
+        # A whole sort buffer's batches (unsorted: a whole incoming element's) queue at once, and two more
+        # may wait while the next fills: the bundle thread goes back to reading while they run.
+        self.max_pending = -(-max(sort_buffer, BATCH_DOCS) // self.batch_size) + 2
         self._shared = shared.Shared()
 
     def setup(self):
