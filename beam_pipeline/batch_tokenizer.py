@@ -42,6 +42,7 @@ _SIGMA = 0x3A3  # the one code point CPython lowers by context (final sigma)
 _K1 = np.uint64(0x9E3779B97F4A7C15)
 _K2 = np.uint64(0xBF58476D1CE4E5B9)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+_PAD = 16  # zero bytes after a word buffer: _keys loads bytes 8-15 of every word, 1 byte long or more
 _ASCII_LOWER = bytes(range(65)) + bytes(range(97, 123)) + bytes(range(91, 256))
 
 
@@ -82,9 +83,9 @@ def _lowered_first() -> dict[int, str]:
 
 
 def _padded(data: np.ndarray | bytes) -> np.ndarray:
-    """``data`` as a uint8 array followed by 8 zero bytes (so that 8-byte loads never run past it)."""
+    """``data`` as a uint8 array followed by ``_PAD`` zero bytes, so that the loads of :func:`_keys` stay in it."""
     src = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
-    out = np.zeros(src.size + 8, np.uint8)
+    out = np.zeros(src.size + _PAD, np.uint8)
     out[: src.size] = src
     return out
 
@@ -95,8 +96,11 @@ def _words64(buf: np.ndarray) -> np.ndarray:
 
 
 def _chunk(view: np.ndarray, starts: np.ndarray, lengths: np.ndarray, j: int) -> np.ndarray:
-    """Bytes ``8j .. 8j+7`` of each word as uint64, zeros past the word's end (every word longer than ``8j``)."""
-    rest = np.minimum(lengths - 8 * j, 8).astype(np.uint64)
+    """Bytes ``8j .. 8j+7`` of each word as uint64, zeros past the word's end (all zeros for a word of ``8j`` or less).
+
+    NumPy's ``>>`` gives 0 for a shift of 64, the mask of a word with no byte there.
+    """
+    rest = np.clip(lengths - 8 * j, 0, 8).astype(np.uint64)
     return view[starts + 8 * j] & (_ALL >> (np.uint64(64) - np.uint64(8) * rest))
 
 
@@ -105,25 +109,26 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x * _K2
 
 
-def _keys(view: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(first, hash)``, uint64 each: the first 8 bytes and a hash of each word (lengths >= 1)."""
+def _keys(view: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(first, second, hash)``, uint64 each: bytes 0-7 and 8-15 and a hash of each word (lengths >= 1)."""
     first = _chunk(view, starts, lengths, 0)
-    hashes = _mix(first ^ (lengths.astype(np.uint64) * _K1))
-    rows = np.flatnonzero(lengths > 8)
-    j = 1
+    second = _chunk(view, starts, lengths, 1)
+    hashes = _mix(_mix(first ^ (lengths.astype(np.uint64) * _K1)) ^ second)
+    rows = np.flatnonzero(lengths > 16)
+    j = 2
     while rows.size:
         hashes[rows] = _mix(hashes[rows] ^ _chunk(view, starts[rows], lengths[rows], j))
         rows = rows[lengths[rows] > 8 * (j + 1)]
         j += 1
-    return first, hashes
+    return first, second, hashes
 
 
 class _WordTable:
     """Exact ``bytes -> id`` lookup of many words per call, in NumPy.
 
     Open addressing with linear probing over ``2**k >= 2 * len(words)`` slots; a slot holds its
-    word's length, first 8 bytes, hash and id. A word matches a slot when length and bytes are
-    equal (the bytes past the first 8 compared only where the hashes agree), so the result is exact
+    word's length, first 16 bytes, hash and id. A word matches a slot when length and bytes are
+    equal (the bytes past the first 16 compared only where the hashes agree), so the result is exact
     whatever the hashes do; they only decide how far a probe goes.
     """
 
@@ -139,10 +144,11 @@ class _WordTable:
         self._mask = (1 << bits) - 1
         self._slot_len = np.zeros(1 << bits, np.int64)  # 0: empty (no word is empty)
         self._slot_first = np.zeros(1 << bits, np.uint64)
+        self._slot_second = np.zeros(1 << bits, np.uint64)
         self._slot_hash = np.zeros(1 << bits, np.uint64)
         self._slot_start = np.zeros(1 << bits, np.int64)  # of the word's bytes in self._buf
         self._slot_id = np.zeros(1 << bits, np.int32)
-        first, hashes = _keys(self._view, starts, lengths)
+        first, second, hashes = _keys(self._view, starts, lengths)
         pending = np.arange(len(words))
         slots = (hashes >> self._shift).astype(np.int64)
         while pending.size:
@@ -152,6 +158,7 @@ class _WordTable:
             placed = pending[free[first_of]]
             self._slot_len[taken] = lengths[placed]
             self._slot_first[taken] = first[placed]
+            self._slot_second[taken] = second[placed]
             self._slot_hash[taken] = hashes[placed]
             self._slot_start[taken] = starts[placed]
             self._slot_id[taken] = ids[placed]
@@ -171,17 +178,18 @@ class _WordTable:
         if cand is not None:
             starts, lengths = starts[cand], lengths[cand]
         view = _words64(buf)
-        first, hashes = _keys(view, starts, lengths)
+        first, second, hashes = _keys(view, starts, lengths)
         slot = (hashes >> self._shift).astype(np.int64)
         # first probe on every word at once; the words whose home slot holds another word probe on
         entry_len = self._slot_len[slot]
-        match = self._matches(view, starts, lengths, first, hashes, slot, entry_len)
+        match = self._matches(view, starts, lengths, (first, second, hashes), slot, entry_len)
         found = np.where(match, self._slot_id[slot], -1)
         rows = np.flatnonzero((entry_len != 0) & ~match)
         slot = (slot[rows] + 1) & self._mask
         while rows.size:
             entry_len = self._slot_len[slot]
-            match = self._matches(view, starts[rows], lengths[rows], first[rows], hashes[rows], slot, entry_len)
+            keys = (first[rows], second[rows], hashes[rows])
+            match = self._matches(view, starts[rows], lengths[rows], keys, slot, entry_len)
             found[rows[match]] = self._slot_id[slot[match]]
             go_on = np.flatnonzero((entry_len != 0) & ~match)
             rows, slot = rows[go_on], (slot[go_on] + 1) & self._mask
@@ -195,14 +203,14 @@ class _WordTable:
         view: np.ndarray,
         starts: np.ndarray,
         lengths: np.ndarray,
-        first: np.ndarray,
-        hashes: np.ndarray,
+        keys: tuple[np.ndarray, np.ndarray, np.ndarray],
         slot: np.ndarray,
         entry_len: np.ndarray,
     ) -> np.ndarray:
-        """Whether each word equals the word in its ``slot`` (``entry_len``: that word's length, 0 for none)."""
-        match = (entry_len == lengths) & (self._slot_first[slot] == first)
-        longer = np.flatnonzero(match & (lengths > 8))
+        """Whether each word (its :func:`_keys`) equals the word in its ``slot`` (of length ``entry_len``, 0: none)."""
+        first, second, hashes = keys
+        match = (entry_len == lengths) & (self._slot_first[slot] == first) & (self._slot_second[slot] == second)
+        longer = np.flatnonzero(match & (lengths > 16))
         if longer.size:
             match[longer] = self._same_rest(view, starts[longer], lengths[longer], hashes[longer], slot[longer])
         return match
@@ -210,11 +218,11 @@ class _WordTable:
     def _same_rest(
         self, view: np.ndarray, starts: np.ndarray, lengths: np.ndarray, hashes: np.ndarray, slots: np.ndarray
     ) -> np.ndarray:
-        """Whether words longer than 8 bytes (first 8 equal to their slot's) equal their slot's word."""
+        """Whether words longer than 16 bytes (first 16 equal to their slot's) equal their slot's word."""
         same = self._slot_hash[slots] == hashes
         entry_starts = self._slot_start[slots]
         rows = np.flatnonzero(same)
-        j = 1
+        j = 2
         while rows.size:
             n = lengths[rows]
             equal = _chunk(view, starts[rows], n, j) == _chunk(self._view, entry_starts[rows], n, j)
@@ -370,7 +378,7 @@ class BatchTokenizer:
             texts = pc.replace_substring_regex(texts, self._filter_re, self._repl)
         offsets, data = _value_buffers(texts)
         n = data.size
-        mapped = np.zeros(n + 8, np.uint8)
+        mapped = np.zeros(n + _PAD, np.uint8)
         table = self._lower_filter_table if ascii_lower else self._filter_table
         np.take(table, data, out=mapped[:n], mode="clip")
         sep = mapped[:n] == self._split_byte
