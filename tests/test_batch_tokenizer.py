@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beam_pipeline import batch_tokenizer
+from beam_pipeline import word_table
 from beam_pipeline.batch_tokenizer import BatchTokenizer, lowering_differences, truncate
 from beam_pipeline.keras_tokenizer import DEFAULT_FILTERS, KerasTokenizer
 from beam_pipeline.keras_tokenizer import truncate as truncate_one
@@ -144,7 +144,7 @@ def test_large_vocabulary_with_shared_prefixes(large_vocabulary, seed, oov):
 
 def test_lookup_is_exact_when_every_hash_collides(monkeypatch, large_vocabulary):
     # with a hash that is always 0 every word probes one chain: only the byte checks tell words apart
-    monkeypatch.setattr(batch_tokenizer, "_mix", lambda x: x & np.uint64(0))
+    monkeypatch.setattr(word_table, "_mix", lambda x: x & np.uint64(0))
     words = large_vocabulary[:200] + large_vocabulary[-200:]
     tokenizer = KerasTokenizer(word_index(["<unk>"] + words), oov_token="<unk>")
     misses = [w + "a" for w in words[::7]] + [w[:-1] + "b" for w in words[::5]]
@@ -196,9 +196,10 @@ def test_lowering_differences_are_where_arrow_and_python_disagree():
     assert pc.utf8_lower(pa.array(agree)).to_pylist() == [c.lower() for c in agree]
 
 
-def test_empty_batch():
-    offsets, tokens = BatchTokenizer(KerasTokenizer(word_index(VOCAB))).encode(pa.array([], pa.string()))
-    assert offsets.tolist() == [0] and tokens.size == 0
+@pytest.mark.parametrize("config", [{}, {"split": "·"}, {"char_level": True}], ids=["byte", "pattern", "char"])
+def test_empty_batch(config):
+    offsets, tokens = BatchTokenizer(KerasTokenizer(word_index(VOCAB), **config)).encode(pa.array([], pa.string()))
+    assert offsets.tolist() == [0] and offsets.dtype == np.int64 and tokens.size == 0 and tokens.dtype == np.int32
 
 
 def test_bad_arrays_are_refused_with_what_to_do():
