@@ -78,6 +78,17 @@ def _lowered_first() -> dict[int, str]:
     return {ord(c): low for c, low, again in zip(chars, python, arrow) if again == low}
 
 
+@functools.cache
+def _suspect_prefixes() -> np.ndarray:
+    """Bool table over ``first_byte << 8 | second_byte``: True for the first two UTF-8 bytes of a code point
+    of :func:`lowering_differences` (so that only those few sequences are decoded)."""
+    table = np.zeros(1 << 16, dtype=bool)
+    for cp in np.flatnonzero(lowering_differences()).tolist():
+        utf8 = chr(cp).encode()
+        table[utf8[0] << 8 | utf8[1]] = True
+    return table
+
+
 def _value_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """``(offsets, data)`` of a non-empty string array: offsets int64 of ``len + 1`` from 0, data the rows' UTF-8."""
     _, offset_buf, data_buf = texts.buffers()
@@ -199,6 +210,7 @@ class BatchTokenizer:
     def _lower(self, texts: pa.Array, offsets: np.ndarray, data: np.ndarray) -> tuple[pa.Array, np.ndarray]:
         """``texts`` lowered by Arrow, and the rows (sorted) Arrow cannot lower as Python does."""
         leads = np.flatnonzero(data >= 0xC0)  # ASCII lowers alike in both
+        leads = leads[_suspect_prefixes()[data[leads].astype(np.int32) << 8 | data[leads + 1]]]
         cps = _code_points(data, leads)
         differ = np.flatnonzero(lowering_differences()[cps])
         if not differ.size:
