@@ -5,14 +5,10 @@
 ``offsets`` (the layout of :class:`transforms.batch.DocBatch`), with NumPy and Arrow kernels instead
 of Python work per document. The legacy steps, done batch-wide:
 
-1. lowering (``lower=True``): a byte table for ASCII text; ``pyarrow.compute.utf8_lower`` once the
-   batch holds other text. Arrow lowers each code point by itself, Python does too except for the
-   capital sigma (``Σ`` lowers to ``ς`` at a word's end), and the two disagree on a few code points
-   (``İ``, which Python lowers to two, and the letters newer than Python's Unicode version):
-   :func:`lowering_differences` finds those once per process. Those Python lowers to text Arrow
-   keeps as it is (``İ`` to ``i̇``) are replaced by Python's lowering first; a row holding any
-   other (or a ``Σ``) is tokenized by :meth:`KerasTokenizer.text_to_sequence` instead and spliced
-   back;
+1. lowering (``lower=True``): a byte table for ASCII text; :func:`python_lower.lower_like_python`
+   (``pyarrow.compute.utf8_lower`` made to agree with ``str.lower``) once the batch holds other
+   text. A row whose lowering Arrow cannot give (a letter newer than Python's Unicode version) is
+   tokenized by :meth:`KerasTokenizer.text_to_sequence` instead and spliced back;
 2. filters to ``split``: ASCII filter characters in the same byte table when ``split`` is one ASCII
    character, the others with one ``replace_substring_regex``;
 3. splitting on the literal ``split`` (never on other whitespace), empty pieces dropped: byte masks
@@ -27,66 +23,17 @@ indexed by code point.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_pipeline.keras_tokenizer import KerasTokenizer
+from beam_pipeline.python_lower import code_points, lower_like_python
 from beam_pipeline.word_table import PAD, WordTable, padded
 
-__all__ = ["BatchTokenizer", "lowering_differences", "truncate"]
+__all__ = ["BatchTokenizer", "truncate"]
 
-_SIGMA = 0x3A3  # the one code point CPython lowers by context (final sigma)
 _ASCII_LOWER = bytes(range(65)) + bytes(range(97, 123)) + bytes(range(91, 256))
-
-
-@functools.cache
-def lowering_differences() -> np.ndarray:
-    """Bool table of length ``0x110000``: True at each code point a row must not hold to be lowered by Arrow.
-
-    That is every code point (surrogates excepted) where ``pyarrow.compute.utf8_lower`` and Python's
-    ``str.lower`` of the character alone differ, and U+03A3 (``Σ``), the one character CPython lowers
-    by its context. Computed once per process (under a second): the set depends on the Unicode
-    versions of this Python and this pyarrow.
-    """
-    cps = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)]).astype("<u4")
-    chars = cps.tobytes().decode("utf-32-le")
-    python_lower = pa.array(list(map(str.lower, chars)), pa.string())
-    utf8_lengths = 1 + (cps >= 0x80) + (cps >= 0x800) + (cps >= 0x10000)
-    offsets = np.zeros(cps.size + 1, np.int32)
-    np.cumsum(utf8_lengths, out=offsets[1:])
-    arrow_chars = pa.StringArray.from_buffers(cps.size, pa.py_buffer(offsets), pa.py_buffer(chars.encode()))
-    differ = pc.not_equal(pc.utf8_lower(arrow_chars), python_lower).to_numpy(zero_copy_only=False)
-    table = np.zeros(0x110000, dtype=bool)
-    table[cps[differ]] = True
-    table[_SIGMA] = True
-    return table
-
-
-@functools.cache
-def _lowered_first() -> dict[int, str]:
-    """``{code point: Python's lowering}`` for the code points of :func:`lowering_differences` that
-    Arrow lowers right once replaced by Python's lowering (``İ`` -> ``i̇``, which Arrow keeps as it is).
-
-    CPython lowers every code point but ``Σ`` alone, whatever its context, so the replacement is exact.
-    """
-    chars = [chr(c) for c in np.flatnonzero(lowering_differences()) if c != _SIGMA]
-    python = [c.lower() for c in chars]
-    arrow = pc.utf8_lower(pa.array(python, pa.string())).to_pylist()
-    return {ord(c): low for c, low, again in zip(chars, python, arrow) if again == low}
-
-
-@functools.cache
-def _suspect_prefixes() -> np.ndarray:
-    """Bool table over ``first_byte << 8 | second_byte``: True for the first two UTF-8 bytes of a code point
-    of :func:`lowering_differences` (so that only those few sequences are decoded)."""
-    table = np.zeros(1 << 16, dtype=bool)
-    for cp in np.flatnonzero(lowering_differences()).tolist():
-        utf8 = chr(cp).encode()
-        table[utf8[0] << 8 | utf8[1]] = True
-    return table
 
 
 def _value_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -97,25 +44,6 @@ def _value_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     start, end = int(offsets[0]), int(offsets[-1])
     data = np.frombuffer(data_buf, np.uint8)[start:end] if data_buf is not None else np.zeros(0, np.uint8)
     return offsets.astype(np.int64) - start, data
-
-
-def _code_points(data: np.ndarray, leads: np.ndarray) -> np.ndarray:
-    """Code points (int32) of the UTF-8 sequences starting at byte positions ``leads`` of valid UTF-8 ``data``."""
-    b0 = data[leads].astype(np.int32)
-    b1, b2, b3 = (data.take(leads + k, mode="clip").astype(np.int32) & 0x3F for k in (1, 2, 3))
-    return np.where(
-        b0 < 0x80,
-        b0,
-        np.where(
-            b0 < 0xE0,
-            ((b0 & 0x1F) << 6) | b1,
-            np.where(
-                b0 < 0xF0,
-                ((b0 & 0x0F) << 12) | (b1 << 6) | b2,
-                ((b0 & 0x07) << 18) | (b1 << 12) | (b2 << 6) | b3,
-            ),
-        ),
-    )
 
 
 def _char_class(chars: str) -> str | None:
@@ -186,7 +114,7 @@ class BatchTokenizer:
         fallback = np.zeros(0, np.int64)
         lowered = texts
         if lower and not ascii_only:
-            lowered, fallback = self._lower(texts, offsets, data)
+            lowered, fallback = lower_like_python(texts, offsets, data)
         ascii_lower = lower and ascii_only  # left to the byte tables below
         if self.tokenizer.char_level:
             word_offsets, ids = self._chars(lowered, ascii_lower)
@@ -207,21 +135,6 @@ class BatchTokenizer:
             word_offsets, ids = self._splice(texts, fallback, word_offsets, ids)
         return word_offsets, ids
 
-    def _lower(self, texts: pa.Array, offsets: np.ndarray, data: np.ndarray) -> tuple[pa.Array, np.ndarray]:
-        """``texts`` lowered by Arrow, and the rows (sorted) Arrow cannot lower as Python does."""
-        leads = np.flatnonzero(data >= 0xC0)  # ASCII lowers alike in both
-        leads = leads[_suspect_prefixes()[data[leads].astype(np.int32) << 8 | data[leads + 1]]]
-        cps = _code_points(data, leads)
-        differ = np.flatnonzero(lowering_differences()[cps])
-        if not differ.size:
-            return pc.utf8_lower(texts), np.zeros(0, np.int64)
-        replace = _lowered_first()
-        fixable = np.isin(cps[differ], list(replace))
-        for cp in np.unique(cps[differ[fixable]]).tolist():
-            texts = pc.replace_substring(texts, chr(cp), replace[cp])
-        fallback = np.unique(np.searchsorted(offsets, leads[differ[~fixable]], side="right") - 1)
-        return pc.utf8_lower(texts), fallback
-
     def _chars(self, texts: pa.Array, ascii_lower: bool) -> tuple[np.ndarray, np.ndarray]:
         offsets, data = _value_buffers(texts)
         if ascii_lower:
@@ -229,7 +142,7 @@ class BatchTokenizer:
         leads = np.flatnonzero((data & 0xC0) != 0x80)
         if leads.size == data.size:  # ASCII: a byte is a code point
             return offsets, self._char_ids.take(data, mode="clip")
-        return np.searchsorted(leads, offsets), self._char_ids.take(_code_points(data, leads), mode="clip")
+        return np.searchsorted(leads, offsets), self._char_ids.take(code_points(data, leads), mode="clip")
 
     def _words_on_byte(self, texts: pa.Array, ascii_lower: bool, ascii_only: bool) -> tuple[np.ndarray, np.ndarray]:
         """Words of texts (lowered already unless ``ascii_lower``) when ``split`` is one ASCII byte."""
