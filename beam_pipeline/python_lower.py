@@ -127,27 +127,23 @@ def code_points(data: np.ndarray, leads: np.ndarray) -> np.ndarray:
 
 def _final_sigmas(offsets: np.ndarray, data: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
     """Byte positions, of those of ``Σ`` in ``sigmas``, where CPython lowers ``Σ`` to ``ς``."""
-    rows = np.unique(np.searchsorted(offsets, sigmas, side="right") - 1)
+    sigma_rows = np.searchsorted(offsets, sigmas, side="right") - 1
     in_rows = np.zeros(offsets.size - 1, bool)
-    in_rows[rows] = True
+    in_rows[sigma_rows] = True
     leads = np.flatnonzero(np.repeat(in_rows, np.diff(offsets)) & ((data & 0xC0) != 0x80))
     cps = code_points(data, leads)
-    row = np.searchsorted(offsets, leads, side="right") - 1
     ignorable, cased = _sigma_context()
     stop = ~ignorable[cps]
     index = np.arange(cps.size)
-    # nearest character neither ignorable nor in another row, before and after each sigma
+    # the nearest characters not ignorable before and after each sigma, if in its row
     before = np.maximum.accumulate(np.where(stop, index, -1))
     after = np.minimum.accumulate(np.where(stop, index, cps.size)[::-1])[::-1]
     k = np.searchsorted(leads, sigmas)
-    prev = np.where(k > 0, before[k - 1], -1)
-    has_prev = prev >= 0
-    has_prev[has_prev] = row[prev[has_prev]] == row[k[has_prev]]
-    final = has_prev & cased[cps[prev]]
+    row_first, row_end = np.searchsorted(leads, offsets[sigma_rows]), np.searchsorted(leads, offsets[sigma_rows + 1])
+    prev = before[np.maximum(k - 1, 0)]
+    final = (k > row_first) & (prev >= row_first) & cased[cps[prev]]
     nxt = after[np.minimum(k + 1, cps.size - 1)]
-    has_next = (k + 1 < cps.size) & (nxt < cps.size)
-    has_next[has_next] = row[nxt[has_next]] == row[k[has_next]]
-    final &= ~(has_next & cased[cps[np.minimum(nxt, cps.size - 1)]])
+    final &= ~((k + 1 < row_end) & (nxt < row_end) & cased[cps[np.minimum(nxt, cps.size - 1)]])
     return sigmas[final]
 
 
