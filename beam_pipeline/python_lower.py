@@ -126,24 +126,36 @@ def code_points(data: np.ndarray, leads: np.ndarray) -> np.ndarray:
 
 
 def _final_sigmas(offsets: np.ndarray, data: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
-    """Byte positions, of those of ``Σ`` in ``sigmas``, where CPython lowers ``Σ`` to ``ς``."""
-    sigma_rows = np.searchsorted(offsets, sigmas, side="right") - 1
-    in_rows = np.zeros(offsets.size - 1, bool)
-    in_rows[sigma_rows] = True
-    leads = np.flatnonzero(np.repeat(in_rows, np.diff(offsets)) & ((data & 0xC0) != 0x80))
-    cps = code_points(data, leads)
+    """Byte positions, of those of ``Σ`` in ``sigmas``, where CPython lowers ``Σ`` to ``ς``: the nearest
+    character before it not ignorable is cased, and the nearest after it (in its row, if any) is not.
+
+    Walks from each sigma one character at a time, ignorable characters only (usually none).
+    """
     ignorable, cased = _sigma_context()
-    stop = ~ignorable[cps]
-    index = np.arange(cps.size)
-    # the nearest characters not ignorable before and after each sigma, if in its row
-    before = np.maximum.accumulate(np.where(stop, index, -1))
-    after = np.minimum.accumulate(np.where(stop, index, cps.size)[::-1])[::-1]
-    k = np.searchsorted(leads, sigmas)
-    row_first, row_end = np.searchsorted(leads, offsets[sigma_rows]), np.searchsorted(leads, offsets[sigma_rows + 1])
-    prev = before[np.maximum(k - 1, 0)]
-    final = (k > row_first) & (prev >= row_first) & cased[cps[prev]]
-    nxt = after[np.minimum(k + 1, cps.size - 1)]
-    final &= ~((k + 1 < row_end) & (nxt < row_end) & cased[cps[np.minimum(nxt, cps.size - 1)]])
+    row = np.searchsorted(offsets, sigmas, side="right") - 1
+    first, end = offsets[row], offsets[row + 1]
+    final = np.zeros(sigmas.size, bool)
+    todo, at = np.arange(sigmas.size), sigmas
+    while todo.size:
+        at = at - 1
+        for _ in range(3):  # back to the first byte of that character
+            at = at - ((at >= first[todo]) & ((data[np.maximum(at, 0)] & 0xC0) == 0x80))
+        inside = at >= first[todo]
+        todo, at = todo[inside], at[inside]
+        cp = code_points(data, at)
+        stop = ~ignorable[cp]
+        final[todo[stop]] = cased[cp[stop]]
+        todo, at = todo[~stop], at[~stop]
+    todo = np.flatnonzero(final)
+    at = sigmas[todo] + 2  # "Σ" is 2 bytes
+    while todo.size:
+        inside = at < end[todo]
+        todo, at = todo[inside], at[inside]
+        cp = code_points(data, at)
+        stop = ~ignorable[cp]
+        final[todo[stop]] = ~cased[cp[stop]]
+        lead = data[at[~stop]]
+        todo, at = todo[~stop], at[~stop] + 1 + (lead >= 0xC0) + (lead >= 0xE0) + (lead >= 0xF0)
     return sigmas[final]
 
 
