@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_pipeline.keras_tokenizer import KerasTokenizer
-from beam_pipeline.python_lower import code_points, lower_like_python
+from beam_pipeline.python_lower import code_points, lower_like_python, prepare
 from beam_pipeline.word_table import PAD, WordTable, padded
 
 __all__ = ["BatchTokenizer", "truncate"]
@@ -73,7 +73,8 @@ class BatchTokenizer:
     and every tokenizer setting. Rows the vectorized path cannot lower exactly (see the module
     docstring) are tokenized by ``tokenizer`` itself: ``last_fallback`` holds their row indices in
     the last batch, ``fallback_rows`` counts them over every batch. One instance per thread (it
-    keeps those two counters); the tables are built once, in ``__init__``.
+    keeps those two counters); the tables are built in ``__init__`` (the Unicode ones once per process,
+    about a second, for a tokenizer that lowers).
     """
 
     def __init__(self, tokenizer: KerasTokenizer) -> None:
@@ -84,6 +85,8 @@ class BatchTokenizer:
         # so that both paths share one rule.
         lookup: dict[str, int] = tokenizer._lookup
         self._oov: int | None = tokenizer._oov_id
+        if tokenizer.lower:
+            prepare()
         if tokenizer.char_level:
             singles = {ord(ch): i for ch, i in lookup.items() if len(ch) == 1}
             # indexed by code point; the last entry (-1) is where np.take clips every larger one

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["code_points", "lower_like_python", "lowering_differences"]
+__all__ = ["code_points", "lower_like_python", "lowering_differences", "prepare"]
 
 _SIGMA = 0x3A3
 _FINAL_SIGMA_UTF8 = np.frombuffer("ς".encode(), np.uint8)  # as long as "Σ" in UTF-8 (2 bytes)
@@ -104,6 +104,13 @@ def _sigma_context() -> tuple[np.ndarray, np.ndarray]:
     ignorable[cps] = final[0] & ~final[1]
     cased[cps] = final[1]
     return ignorable, cased
+
+
+def prepare() -> None:
+    """Build this process's tables now (about a second of CPU, once), not in the first batch that needs them."""
+    _lowered_first()
+    _suspect_prefixes()
+    _sigma_context()
 
 
 def code_points(data: np.ndarray, leads: np.ndarray) -> np.ndarray:
