@@ -38,7 +38,7 @@ def _chunk(view: np.ndarray, starts: np.ndarray, lengths: np.ndarray, j: int) ->
 
     NumPy's ``>>`` gives 0 for a shift of 64, the mask of a word with no byte there.
     """
-    rest = np.clip(lengths - 8 * j, 0, 8).astype(np.uint64)
+    rest = np.minimum(np.maximum(lengths - 8 * j, 0), 8).astype(np.uint64)  # (np.clip is ~20x slower)
     return view[starts + 8 * j] & (_ALL >> (np.uint64(64) - np.uint64(8) * rest))
 
 
@@ -80,7 +80,7 @@ class WordTable:
         bits = max(3, (2 * len(words)).bit_length())
         self._shift = np.uint64(64 - bits)
         self._mask = (1 << bits) - 1
-        self._slot_len = np.zeros(1 << bits, np.int64)  # 0: empty (no word is empty)
+        self._slot_len = np.zeros(1 << bits, np.int32)  # 0: empty (no word is empty)
         self._slot_first = np.zeros(1 << bits, np.uint64)
         self._slot_second = np.zeros(1 << bits, np.uint64)
         self._slot_hash = np.zeros(1 << bits, np.uint64)
