@@ -5,14 +5,10 @@
 ``offsets`` (the layout of :class:`transforms.batch.DocBatch`), with NumPy and Arrow kernels instead
 of Python work per document. The legacy steps, done batch-wide:
 
-1. lowering (``lower=True``): a byte table for ASCII text; ``pyarrow.compute.utf8_lower`` once the
-   batch holds other text. Arrow lowers each code point by itself, Python does too except for the
-   capital sigma (``Σ`` lowers to ``ς`` at a word's end), and the two disagree on a few code points
-   (``İ``, which Python lowers to two, and the letters newer than Python's Unicode version):
-   :func:`lowering_differences` finds those once per process. Those Python lowers to text Arrow
-   keeps as it is (``İ`` to ``i̇``) are replaced by Python's lowering first; a row holding any
-   other (or a ``Σ``) is tokenized by :meth:`KerasTokenizer.text_to_sequence` instead and spliced
-   back;
+1. lowering (``lower=True``): a byte table for ASCII text; :func:`python_lower.lower_like_python`
+   (``pyarrow.compute.utf8_lower`` made to agree with ``str.lower``) once the batch holds other
+   text. A row whose lowering Arrow cannot give (a letter newer than Python's Unicode version) is
+   tokenized by :meth:`KerasTokenizer.text_to_sequence` instead and spliced back;
 2. filters to ``split``: ASCII filter characters in the same byte table when ``split`` is one ASCII
    character, the others with one ``replace_substring_regex``;
 3. splitting on the literal ``split`` (never on other whitespace), empty pieces dropped: byte masks
@@ -27,232 +23,27 @@ indexed by code point.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_pipeline.keras_tokenizer import KerasTokenizer
+from beam_pipeline.python_lower import code_points, lower_like_python, prepare
+from beam_pipeline.word_table import PAD, WordTable, padded
 
-__all__ = ["BatchTokenizer", "lowering_differences", "truncate"]
+__all__ = ["BatchTokenizer", "truncate"]
 
-_SIGMA = 0x3A3  # the one code point CPython lowers by context (final sigma)
-# hash constants (splitmix64's)
-_K1 = np.uint64(0x9E3779B97F4A7C15)
-_K2 = np.uint64(0xBF58476D1CE4E5B9)
-_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 _ASCII_LOWER = bytes(range(65)) + bytes(range(97, 123)) + bytes(range(91, 256))
 
 
-@functools.cache
-def lowering_differences() -> np.ndarray:
-    """Bool table of length ``0x110000``: True at each code point a row must not hold to be lowered by Arrow.
-
-    That is every code point (surrogates excepted) where ``pyarrow.compute.utf8_lower`` and Python's
-    ``str.lower`` of the character alone differ, and U+03A3 (``Σ``), the one character CPython lowers
-    by its context. Computed once per process (about a second): the set depends on the Unicode
-    versions of this Python and this pyarrow.
-    """
-    cps = np.concatenate([np.arange(0xD800), np.arange(0xE000, 0x110000)]).astype("<u4")
-    chars = cps.tobytes().decode("utf-32-le")
-    python_lower = pa.array(list(map(str.lower, chars)), pa.string())
-    utf8_lengths = 1 + (cps >= 0x80) + (cps >= 0x800) + (cps >= 0x10000)
-    offsets = np.zeros(cps.size + 1, np.int32)
-    np.cumsum(utf8_lengths, out=offsets[1:])
-    arrow_chars = pa.StringArray.from_buffers(cps.size, pa.py_buffer(offsets), pa.py_buffer(chars.encode()))
-    differ = pc.not_equal(pc.utf8_lower(arrow_chars), python_lower).to_numpy(zero_copy_only=False)
-    table = np.zeros(0x110000, dtype=bool)
-    table[cps[differ]] = True
-    table[_SIGMA] = True
-    return table
-
-
-@functools.cache
-def _lowered_first() -> dict[int, str]:
-    """``{code point: Python's lowering}`` for the code points of :func:`lowering_differences` that
-    Arrow lowers right once replaced by Python's lowering (``İ`` -> ``i̇``, which Arrow keeps as it is).
-
-    CPython lowers every code point but ``Σ`` alone, whatever its context, so the replacement is exact.
-    """
-    chars = [chr(c) for c in np.flatnonzero(lowering_differences()) if c != _SIGMA]
-    python = [c.lower() for c in chars]
-    arrow = pc.utf8_lower(pa.array(python, pa.string())).to_pylist()
-    return {ord(c): low for c, low, again in zip(chars, python, arrow) if again == low}
-
-
-def _padded(data: np.ndarray | bytes) -> np.ndarray:
-    """``data`` as a uint8 array followed by 8 zero bytes (so that 8-byte loads never run past it)."""
-    src = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
-    out = np.zeros(src.size + 8, np.uint8)
-    out[: src.size] = src
-    return out
-
-
-def _words64(buf: np.ndarray) -> np.ndarray:
-    """Little-endian uint64 loads at every byte position of a :func:`_padded` buffer (a strided view)."""
-    return np.ndarray((buf.size - 7,), dtype="<u8", buffer=buf, strides=(1,))
-
-
-def _chunk(view: np.ndarray, starts: np.ndarray, lengths: np.ndarray, j: int) -> np.ndarray:
-    """Bytes ``8j .. 8j+7`` of each word as uint64, zeros past the word's end (every word longer than ``8j``)."""
-    rest = np.minimum(lengths - 8 * j, 8).astype(np.uint64)
-    return view[starts + 8 * j] & (_ALL >> (np.uint64(64) - np.uint64(8) * rest))
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    x ^= x >> np.uint64(32)
-    return x * _K2
-
-
-def _keys(view: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(first, hash)``, uint64 each: the first 8 bytes and a hash of each word (lengths >= 1)."""
-    first = _chunk(view, starts, lengths, 0)
-    hashes = _mix(first ^ (lengths.astype(np.uint64) * _K1))
-    rows = np.flatnonzero(lengths > 8)
-    j = 1
-    while rows.size:
-        hashes[rows] = _mix(hashes[rows] ^ _chunk(view, starts[rows], lengths[rows], j))
-        rows = rows[lengths[rows] > 8 * (j + 1)]
-        j += 1
-    return first, hashes
-
-
-class _WordTable:
-    """Exact ``bytes -> id`` lookup of many words per call, in NumPy.
-
-    Open addressing with linear probing over ``2**k >= 2 * len(words)`` slots; a slot holds its
-    word's length, first 8 bytes, hash and id. A word matches a slot when length and bytes are
-    equal (the bytes past the first 8 compared only where the hashes agree), so the result is exact
-    whatever the hashes do; they only decide how far a probe goes.
-    """
-
-    def __init__(self, words: list[bytes], ids: np.ndarray) -> None:
-        lengths = np.fromiter(map(len, words), np.int64, len(words))
-        self._buf = _padded(b"".join(words))
-        self._view = _words64(self._buf)
-        starts = np.zeros(len(words), np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        self._max_len = int(lengths.max(initial=0))
-        bits = max(3, (2 * len(words)).bit_length())
-        self._shift = np.uint64(64 - bits)
-        self._mask = (1 << bits) - 1
-        self._slot_len = np.zeros(1 << bits, np.int64)  # 0: empty (no word is empty)
-        self._slot_first = np.zeros(1 << bits, np.uint64)
-        self._slot_hash = np.zeros(1 << bits, np.uint64)
-        self._slot_start = np.zeros(1 << bits, np.int64)  # of the word's bytes in self._buf
-        self._slot_id = np.zeros(1 << bits, np.int32)
-        first, hashes = _keys(self._view, starts, lengths)
-        pending = np.arange(len(words))
-        slots = (hashes >> self._shift).astype(np.int64)
-        while pending.size:
-            free = np.flatnonzero(self._slot_len[slots] == 0)
-            # of the words wanting one free slot the first (the more frequent: word_index order) takes it
-            taken, first_of = np.unique(slots[free], return_index=True)
-            placed = pending[free[first_of]]
-            self._slot_len[taken] = lengths[placed]
-            self._slot_first[taken] = first[placed]
-            self._slot_hash[taken] = hashes[placed]
-            self._slot_start[taken] = starts[placed]
-            self._slot_id[taken] = ids[placed]
-            keep = np.ones(pending.size, bool)
-            keep[free[first_of]] = False
-            pending, slots = pending[keep], (slots[keep] + 1) & self._mask
-
-    def lookup(self, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Ids (int32) of the words ``buf[starts[i] : starts[i] + lengths[i]]``, -1 where not in the table.
-
-        ``buf`` is a :func:`_padded` buffer; every length is >= 1.
-        """
-        out = np.full(starts.size, -1, np.int32)
-        if not starts.size:
-            return out
-        cand = np.flatnonzero(lengths <= self._max_len) if lengths.max() > self._max_len else None
-        if cand is not None:
-            starts, lengths = starts[cand], lengths[cand]
-        view = _words64(buf)
-        first, hashes = _keys(view, starts, lengths)
-        slot = (hashes >> self._shift).astype(np.int64)
-        # first probe on every word at once; the words whose home slot holds another word probe on
-        entry_len = self._slot_len[slot]
-        match = self._matches(view, starts, lengths, first, hashes, slot, entry_len)
-        found = np.where(match, self._slot_id[slot], -1)
-        rows = np.flatnonzero((entry_len != 0) & ~match)
-        slot = (slot[rows] + 1) & self._mask
-        while rows.size:
-            entry_len = self._slot_len[slot]
-            match = self._matches(view, starts[rows], lengths[rows], first[rows], hashes[rows], slot, entry_len)
-            found[rows[match]] = self._slot_id[slot[match]]
-            go_on = np.flatnonzero((entry_len != 0) & ~match)
-            rows, slot = rows[go_on], (slot[go_on] + 1) & self._mask
-        if cand is None:
-            return found
-        out[cand] = found
-        return out
-
-    def _matches(
-        self,
-        view: np.ndarray,
-        starts: np.ndarray,
-        lengths: np.ndarray,
-        first: np.ndarray,
-        hashes: np.ndarray,
-        slot: np.ndarray,
-        entry_len: np.ndarray,
-    ) -> np.ndarray:
-        """Whether each word equals the word in its ``slot`` (``entry_len``: that word's length, 0 for none)."""
-        match = (entry_len == lengths) & (self._slot_first[slot] == first)
-        longer = np.flatnonzero(match & (lengths > 8))
-        if longer.size:
-            match[longer] = self._same_rest(view, starts[longer], lengths[longer], hashes[longer], slot[longer])
-        return match
-
-    def _same_rest(
-        self, view: np.ndarray, starts: np.ndarray, lengths: np.ndarray, hashes: np.ndarray, slots: np.ndarray
-    ) -> np.ndarray:
-        """Whether words longer than 8 bytes (first 8 equal to their slot's) equal their slot's word."""
-        same = self._slot_hash[slots] == hashes
-        entry_starts = self._slot_start[slots]
-        rows = np.flatnonzero(same)
-        j = 1
-        while rows.size:
-            n = lengths[rows]
-            equal = _chunk(view, starts[rows], n, j) == _chunk(self._view, entry_starts[rows], n, j)
-            same[rows[~equal]] = False
-            rows = rows[equal & (n > 8 * (j + 1))]
-            j += 1
-        return same
-
-
 def _value_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """``(offsets, data)`` of a string array: offsets int64 of ``len + 1`` from 0, data the rows' UTF-8 bytes."""
-    if not len(texts):
-        return np.zeros(1, np.int64), np.zeros(0, np.uint8)
+    """``(offsets, data)`` of a non-empty string array: offsets int64 of ``len + 1`` from 0, data the rows' UTF-8."""
     _, offset_buf, data_buf = texts.buffers()
     dtype = np.int64 if pa.types.is_large_string(texts.type) else np.int32
     offsets = np.frombuffer(offset_buf, dtype, count=len(texts) + 1, offset=texts.offset * np.dtype(dtype).itemsize)
     start, end = int(offsets[0]), int(offsets[-1])
     data = np.frombuffer(data_buf, np.uint8)[start:end] if data_buf is not None else np.zeros(0, np.uint8)
     return offsets.astype(np.int64) - start, data
-
-
-def _code_points(data: np.ndarray, leads: np.ndarray) -> np.ndarray:
-    """Code points (int32) of the UTF-8 sequences starting at byte positions ``leads`` of valid UTF-8 ``data``."""
-    b0 = data[leads].astype(np.int32)
-    b1, b2, b3 = (data.take(leads + k, mode="clip").astype(np.int32) & 0x3F for k in (1, 2, 3))
-    return np.where(
-        b0 < 0x80,
-        b0,
-        np.where(
-            b0 < 0xE0,
-            ((b0 & 0x1F) << 6) | b1,
-            np.where(
-                b0 < 0xF0,
-                ((b0 & 0x0F) << 12) | (b1 << 6) | b2,
-                ((b0 & 0x07) << 18) | (b1 << 12) | (b2 << 6) | b3,
-            ),
-        ),
-    )
 
 
 def _char_class(chars: str) -> str | None:
@@ -282,7 +73,8 @@ class BatchTokenizer:
     and every tokenizer setting. Rows the vectorized path cannot lower exactly (see the module
     docstring) are tokenized by ``tokenizer`` itself: ``last_fallback`` holds their row indices in
     the last batch, ``fallback_rows`` counts them over every batch. One instance per thread (it
-    keeps those two counters); the tables are built once, in ``__init__``.
+    keeps those two counters); the tables are built in ``__init__`` (the Unicode ones once per process,
+    about a second, for a tokenizer that lowers).
     """
 
     def __init__(self, tokenizer: KerasTokenizer) -> None:
@@ -293,13 +85,15 @@ class BatchTokenizer:
         # so that both paths share one rule.
         lookup: dict[str, int] = tokenizer._lookup
         self._oov: int | None = tokenizer._oov_id
+        if tokenizer.lower:
+            prepare()
         if tokenizer.char_level:
             singles = {ord(ch): i for ch, i in lookup.items() if len(ch) == 1}
             # indexed by code point; the last entry (-1) is where np.take clips every larger one
             self._char_ids = np.full(max(singles, default=-1) + 2, -1, np.int32)
             self._char_ids[list(singles)] = list(singles.values())
             return
-        self._words = _WordTable([w.encode() for w in lookup], np.fromiter(lookup.values(), np.int64, len(lookup)))
+        self._words = WordTable([w.encode() for w in lookup], np.fromiter(lookup.values(), np.int64, len(lookup)))
         split, filters = tokenizer.split, tokenizer.filters
         self._split_byte = ord(split) if len(split) == 1 and ord(split) < 0x80 else None
         self._repl = split.replace("\\", "\\\\")  # replace_substring_regex: "\\" is one backslash
@@ -314,13 +108,16 @@ class BatchTokenizer:
     def encode(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """``(offsets int64 (B + 1,), tokens int32)`` of ``B`` texts; see the class docstring."""
         _check_texts(texts)
+        self.last_fallback = np.zeros(0, np.int64)
+        if not len(texts):
+            return np.zeros(1, np.int64), np.zeros(0, np.int32)
         offsets, data = _value_buffers(texts)
         ascii_only = not data.size or int(data.max()) < 0x80
         lower = self.tokenizer.lower
         fallback = np.zeros(0, np.int64)
         lowered = texts
         if lower and not ascii_only:
-            lowered, fallback = self._lower(texts, offsets, data)
+            lowered, fallback = lower_like_python(texts, offsets, data)
         ascii_lower = lower and ascii_only  # left to the byte tables below
         if self.tokenizer.char_level:
             word_offsets, ids = self._chars(lowered, ascii_lower)
@@ -341,20 +138,6 @@ class BatchTokenizer:
             word_offsets, ids = self._splice(texts, fallback, word_offsets, ids)
         return word_offsets, ids
 
-    def _lower(self, texts: pa.Array, offsets: np.ndarray, data: np.ndarray) -> tuple[pa.Array, np.ndarray]:
-        """``texts`` lowered by Arrow, and the rows (sorted) Arrow cannot lower as Python does."""
-        leads = np.flatnonzero(data >= 0xC0)  # ASCII lowers alike in both
-        cps = _code_points(data, leads)
-        differ = np.flatnonzero(lowering_differences()[cps])
-        if not differ.size:
-            return pc.utf8_lower(texts), np.zeros(0, np.int64)
-        replace = _lowered_first()
-        fixable = np.isin(cps[differ], list(replace))
-        for cp in np.unique(cps[differ[fixable]]).tolist():
-            texts = pc.replace_substring(texts, chr(cp), replace[cp])
-        fallback = np.unique(np.searchsorted(offsets, leads[differ[~fixable]], side="right") - 1)
-        return pc.utf8_lower(texts), fallback
-
     def _chars(self, texts: pa.Array, ascii_lower: bool) -> tuple[np.ndarray, np.ndarray]:
         offsets, data = _value_buffers(texts)
         if ascii_lower:
@@ -362,7 +145,7 @@ class BatchTokenizer:
         leads = np.flatnonzero((data & 0xC0) != 0x80)
         if leads.size == data.size:  # ASCII: a byte is a code point
             return offsets, self._char_ids.take(data, mode="clip")
-        return np.searchsorted(leads, offsets), self._char_ids.take(_code_points(data, leads), mode="clip")
+        return np.searchsorted(leads, offsets), self._char_ids.take(code_points(data, leads), mode="clip")
 
     def _words_on_byte(self, texts: pa.Array, ascii_lower: bool, ascii_only: bool) -> tuple[np.ndarray, np.ndarray]:
         """Words of texts (lowered already unless ``ascii_lower``) when ``split`` is one ASCII byte."""
@@ -370,7 +153,7 @@ class BatchTokenizer:
             texts = pc.replace_substring_regex(texts, self._filter_re, self._repl)
         offsets, data = _value_buffers(texts)
         n = data.size
-        mapped = np.zeros(n + 8, np.uint8)
+        mapped = np.zeros(n + PAD, np.uint8)
         table = self._lower_filter_table if ascii_lower else self._filter_table
         np.take(table, data, out=mapped[:n], mode="clip")
         sep = mapped[:n] == self._split_byte
@@ -400,7 +183,7 @@ class BatchTokenizer:
         before = np.zeros(nonempty.size + 1, np.int64)
         np.cumsum(nonempty, out=before[1:])
         keep = np.flatnonzero(nonempty)
-        return before[piece_offsets], self._words.lookup(_padded(data), offsets[keep], lengths[keep])
+        return before[piece_offsets], self._words.lookup(padded(data), offsets[keep], lengths[keep])
 
     def _splice(
         self, texts: pa.Array, rows: np.ndarray, offsets: np.ndarray, tokens: np.ndarray
