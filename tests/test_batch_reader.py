@@ -517,3 +517,17 @@ def test_generated_csv_reads_as_per_record(tmp_path, rows, junk):
     path = tmp_path / "gen.csv"
     path.write_bytes(data)
     assert_fast_reads_as_per_record(str(path))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(data=st.lists(st.sampled_from([bytes([i]) for i in range(256)] + [
+    "é".encode(), "中".encode(), "😀".encode(), b"\xed\xa0\x80", b"\xed\x9f\xbf", b"\xee\x80\x80", b"\xf4\x90\x80\x80",
+    b"\xf4\x8f\xbf\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xe0\xa0\x80", b"\xf0\x80\x80\x80",
+    b"\xf0\x90\x80\x80", b"\xef\xbb\xbf"]), max_size=8).map(b"".join))
+def test_block_utf8_check_agrees_with_python_decode(data):
+    try:
+        data.decode("utf-8")
+        python = True
+    except UnicodeDecodeError:
+        python = False
+    assert read_fast._utf8(data) == python

@@ -145,19 +145,23 @@ class Batcher:
 
     def flush(self, whole: bool = True) -> Iterator[DocBatch]:
         """The buffered documents as batches of ``BATCH_DOCS``, and what is left as one more batch
-        (``whole``) or kept for the next."""
+        (``whole``) or kept for the next. Each byte is copied once, into the batch that holds it."""
         self._close_lists()
-        if not self.pieces:
-            return
-        ids = pa.concat_arrays([p[0] for p in self.pieces])
-        texts = pa.concat_arrays([p[1] for p in self.pieces])
-        full = len(ids) if whole else len(ids) - len(ids) % BATCH_DOCS
-        for lo in range(0, full, BATCH_DOCS):
-            n = min(BATCH_DOCS, full - lo)
-            yield DocBatch(pa.concat_arrays([ids.slice(lo, n)]), pa.concat_arrays([texts.slice(lo, n)]))
-        self.pieces = [(ids.slice(full), texts.slice(full))] if full < len(ids) else []
-        self.size = len(ids) - full
-        self.nbytes = self.pieces[0][1].nbytes if self.pieces else 0
+        while self.size >= BATCH_DOCS or (whole and self.size):
+            need, ids, texts = min(BATCH_DOCS, self.size), [], []
+            self.size -= need
+            while need:
+                piece_ids, piece_texts = self.pieces[0]
+                k = min(need, len(piece_ids))
+                ids.append(piece_ids.slice(0, k))
+                texts.append(piece_texts.slice(0, k))
+                if k == len(piece_ids):
+                    self.pieces.pop(0)
+                else:
+                    self.pieces[0] = (piece_ids.slice(k), piece_texts.slice(k))
+                need -= k
+            yield DocBatch(pa.concat_arrays(ids), pa.concat_arrays(texts))
+        self.nbytes = sum(texts.nbytes for _, texts in self.pieces)
 
 
 def block_lines(block: bytes) -> list[bytes]:
@@ -179,11 +183,16 @@ def halves(block: bytes) -> tuple[bytes, bytes] | None:
 
 
 def _utf8(block: bytes) -> bool:
+    """Whether ``block`` is UTF-8 as ``bytes.decode("utf-8")`` takes it (Arrow's validation, strict as
+    Python's: no surrogates, no overlong forms, nothing past U+10FFFF; tested against it), without
+    building a ``str``."""
     if block.isascii():
         return True
+    whole = pa.Array.from_buffers(pa.large_string(), 1, [None, pa.py_buffer(np.array([0, len(block)], np.int64)),
+                                                          pa.py_buffer(block)])
     try:
-        block.decode("utf-8")
-    except UnicodeDecodeError:
+        whole.validate(full=True)
+    except pa.ArrowInvalid:
         return False
     return True
 
@@ -281,7 +290,7 @@ def jsonl_block(block: bytes, id_field: str, text_field: str) -> tuple[pa.Array,
                 return None
     if table is None or table.num_rows != lines:
         return None
-    ids, texts = table.column(id_field).combine_chunks(), table.column(text_field).combine_chunks()
+    ids, texts = _one_chunk(table.column(id_field)), _one_chunk(table.column(text_field))
     if ids.null_count or texts.null_count:
         return None
     if pa.types.is_integer(ids.type):
@@ -297,17 +306,19 @@ def text_block(block: bytes, name: str, first_number: int) -> tuple[pa.Array, pa
     UTF-8 (the per-line code dead-letters it)."""
     if not _utf8(block):
         return None
-    data = np.frombuffer(block, np.uint8)
-    starts, ends = _line_starts(data)
-    cr = (ends > starts) & (data[np.maximum(ends - 1, 0)] == ord("\r"))
-    keep = np.ones(data.size, bool)
-    keep[ends[ends < data.size]] = False  # the newlines
-    keep[ends[cr] - 1] = False  # and the \r before one
-    ends = ends - cr
-    offsets = np.zeros(starts.size + 1, np.int32)
-    np.cumsum(ends - starts, out=offsets[1:])
-    texts = pa.Array.from_buffers(pa.string(), starts.size, [None, pa.py_buffer(offsets), pa.py_buffer(data[keep])])
-    numbers = pa.array(np.arange(first_number, first_number + starts.size, dtype=np.int64)).cast(pa.string())
+    if b"\r" in block:  # one \r before each line end goes (not overlapping: b"\r\r\n" keeps one)
+        block = block.replace(b"\r\n", b"\n")
+        if block.endswith(b"\r"):
+            block = block[:-1]
+    newlines = np.flatnonzero(np.frombuffer(block, np.uint8) == _NEWLINE)
+    lines = newlines.size + (not block.endswith(b"\n"))
+    offsets = np.empty(lines + 1, np.int32)  # texts end where their newline was, less the newlines before
+    offsets[0] = 0
+    offsets[1:newlines.size + 1] = newlines - np.arange(newlines.size)
+    data = block.replace(b"\n", b"")
+    offsets[-1] = len(data)
+    texts = pa.Array.from_buffers(pa.string(), lines, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    numbers = pa.array(np.arange(first_number, first_number + lines, dtype=np.int64)).cast(pa.string())
     return pc.binary_join_element_wise(f"{name}:", numbers, ""), texts
 
 
@@ -317,7 +328,7 @@ def parquet_group(table: pa.Table, id_field: str, text_field: str) -> tuple[pa.A
     an integer or UTF-8 bytes, a text that is not a string, a string that is not UTF-8."""
     if id_field not in table.column_names or text_field not in table.column_names:
         return None
-    ids, texts = (_decoded(table.column(c).combine_chunks()) for c in (id_field, text_field))
+    ids, texts = (_decoded(_one_chunk(table.column(c))) for c in (id_field, text_field))
     if ids.null_count or texts.null_count or texts.type not in _STRINGS:
         return None
     if pa.types.is_integer(ids.type):
@@ -336,6 +347,10 @@ def parquet_group(table: pa.Table, id_field: str, text_field: str) -> tuple[pa.A
 
 
 _STRINGS = (pa.string(), pa.large_string())
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _decoded(column: pa.Array) -> pa.Array:
