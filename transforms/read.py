@@ -22,16 +22,18 @@ Each file also reports how many records it held (tag ``counts``), for the run's 
 A main output is a ``DocBatch`` (``transforms/batch.py``) of at most ``BATCH_DOCS`` documents and about
 ``read_fast.BATCH_BYTES`` bytes of text: ``ids`` and ``texts`` ``pa.string()`` arrays, in file order; a
 file's (or a range's) last batch holds what is left. Dead letters are single records (tag ``errors``).
+
+JSONL, CSV, plain text and Parquet are read block by block by Arrow readers where that is exact
+(``transforms/read_fast.py``, ``transforms/read_csv.py``); what they refuse is read record by record by
+the code here, so the documents and dead letters are the same either way (``ReadRecords(fast=False)``
+reads everything record by record: the reference the fast readers are tested against).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import posixpath
-import re
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -40,7 +42,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms import read_fast
+from transforms import read_csv, read_fast
 from transforms.errors import NAMESPACE, tagged
 
 COUNTS = "counts"
@@ -72,7 +74,6 @@ class InputBytes:
 
 INPUT_BYTES = InputBytes()
 COMPRESSED = (".gz", ".bz2", ".deflate", ".zst", ".zstd", ".xz", ".lzma")  # what Beam decompresses by suffix
-_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
 
 
 def file_format(path: str) -> str:
@@ -89,14 +90,6 @@ def file_format(path: str) -> str:
     return "text"
 
 
-def _lines(f, counted: list[int] | None = None) -> Iterator[bytes]:
-    """Lines split on b"\\n" only (a text's own U+2028 or \\r stay inside its document); a leading
-    UTF-8 byte-order mark (as Windows editors write) is not part of the first line. ``counted``: a
-    one-item list that gets the bytes read added, as they are read."""
-    for block, _ in read_fast.range_blocks(f, 0, None, counted, INPUT_BYTES.add):
-        yield from read_fast.block_lines(block)
-
-
 def _cut_short(f, size: int | None) -> bool:
     """True when ``f`` is a compressed file read to its end whose stream never reached its end marker
     (Beam's reader stops quietly there). An empty file is not cut short."""
@@ -105,25 +98,12 @@ def _cut_short(f, size: int | None) -> bool:
                 and getattr(decompressor, "eof", True) is False)
 
 
-def _is_utf8(text: str) -> bool:
-    """False for text holding surrogates: decoded with surrogateescape from bytes that were not UTF-8, or
-    a JSON escape of a lone surrogate."""
-    if text.isascii():  # O(1) in CPython: no surrogate in it
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 class ReadRecords(beam.DoFn):
     """One file path in; ``DocBatch`` main outputs, dead letters, and the file's record count."""
 
     def __init__(self, id_field: str, text_field: str, total_bytes: int = 0, fast: bool = True):
-        """``fast``: read JSONL, text and Parquet with the Arrow readers of ``transforms/read_fast.py``
-        where they are exact (default); False reads every record with the per-record code (the reference
-        the fast readers are tested against; CSV is always read so)."""
+        """``fast``: read with the Arrow readers where they are exact (default); False reads every record
+        with the per-record code (the reference the fast readers are tested against)."""
         self.id_field = id_field
         self.text_field = text_field
         self.total_bytes = total_bytes
@@ -289,7 +269,7 @@ class ReadRecords(beam.DoFn):
             yield tagged(None, STAGE, "invalid_json", raw, f"{where}: not a JSON object")
             return
         # A valid UTF-8 line still yields a lone surrogate from an escape ("\ud800"), which no UTF-8 writer takes.
-        if not all(_is_utf8(v) for v in (record.get(self.id_field), record.get(self.text_field))
+        if not all(read_fast.is_utf8_text(v) for v in (record.get(self.id_field), record.get(self.text_field))
                    if isinstance(v, str)):
             yield tagged(None, STAGE, "invalid_utf8", raw,
                          f"{where}: {self.id_field!r} or {self.text_field!r} holds a lone surrogate escape")
@@ -297,27 +277,8 @@ class ReadRecords(beam.DoFn):
         yield self._fields(record, raw)
 
     def _csv(self, path: str, f) -> Iterator:
-        name = posixpath.basename(path)
-        # Lines as _lines gives them (BOM dropped, compressed files too), "\n" put back so that a
-        # quoted field may span lines, and split after a lone "\r" as a file opened with newline=""
-        # (what the csv module expects) would be.
-        text = (part for line in _lines(f, self._counted)
-                for part in _LONE_CR.split(line.decode("utf-8", "surrogateescape") + "\n"))
-        csv.field_size_limit(sys.maxsize)  # a long document is one field: the default limit is 131072 characters
-        reader = csv.DictReader(text)
-        if reader.fieldnames is None:
-            return
-        if not all(_is_utf8(k) for k in reader.fieldnames if isinstance(k, str)):
-            raise ValueError(f"{name}: the header line is not UTF-8")
-        for row in reader:
-            raw = {k: v for k, v in row.items() if k is not None}
-            undecodable = [k for k, v in raw.items() if isinstance(v, str) and not _is_utf8(v)]
-            if undecodable:
-                shown = {k: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v for k, v in raw.items()}
-                yield tagged(None, STAGE, "invalid_utf8", repr(shown),
-                             f"{name}:{reader.line_num}: invalid UTF-8 in {', '.join(map(str, undecodable))}")
-                continue
-            yield self._fields(raw, raw)
+        blocks = (block for block, _ in self._blocks(f))
+        return read_csv.read(posixpath.basename(path), blocks, self._fields, self.id_field, self.text_field, self.fast)
 
     def _parquet(self, path: str, f) -> Iterator:
         import pyarrow.parquet as pq

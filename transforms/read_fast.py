@@ -182,6 +182,18 @@ def halves(block: bytes) -> tuple[bytes, bytes] | None:
     return block[:cut + 1], block[cut + 1:]
 
 
+def is_utf8_text(text: str) -> bool:
+    """False for text holding surrogates: decoded with surrogateescape from bytes that were not UTF-8, or
+    a JSON escape of a lone surrogate."""
+    if text.isascii():  # O(1) in CPython: no surrogate in it
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _utf8(block: bytes) -> bool:
     """Whether ``block`` is UTF-8 as ``bytes.decode("utf-8")`` takes it (Arrow's validation, strict as
     Python's: no surrogates, no overlong forms, nothing past U+10FFFF; tested against it), without
