@@ -398,7 +398,7 @@ def _lines_starting_in(data: bytes, start: int, end: int) -> list[tuple[bytes, i
     return [(line, at) for line, at in lines if start <= at < end]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(lines=st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=12),
        bom=st.booleans(), final=st.booleans(), split=st.integers(1, 40), chunk=st.integers(1, 9))
 def test_range_blocks_give_each_range_the_lines_that_start_in_it(lines, bom, final, split, chunk):

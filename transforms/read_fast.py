@@ -60,45 +60,50 @@ def range_blocks(f, start: int, end: int | None, counted: list[int] | None, on_r
     first = start == 0  # the first line of the file counts as starting at byte 0, byte-order mark or not
     if start > 0:
         f.seek(start - 1)  # the byte before: a newline there means a line starts at ``start``
-        buf, pos, skip = b"", start - 1, True
+        pos, skip, head = start - 1, True, b""
     else:
-        buf, pos, skip = f.read(len(BOM)), 0, False
-        if buf == BOM:
-            buf, pos = b"", len(BOM)
-    eof = False
+        pos, skip, head = 0, False, f.read(len(BOM))
+        if head == BOM:
+            pos, head = len(BOM), b""
+    tail, tail_size = [], 0  # read from ``pos`` on, not handed on yet; no newline in it
     while True:
-        if skip:
-            cut = buf.find(b"\n")
-            if cut >= 0:
-                buf, pos, skip = buf[cut + 1:], pos + cut + 1, False
-        if not skip:
-            line_start = 0 if first else pos
-            if end is not None and line_start >= end:
-                return
-            if end is not None and pos + len(buf) >= end:
-                cut = buf.find(b"\n", max(end - 1 - pos, 0))
-                if cut >= 0:  # the line holding byte end - 1 is the range's last
-                    yield buf[:cut + 1], pos
-                    return
-            else:
-                cut = buf.rfind(b"\n")
-                if cut >= 0:
-                    yield buf[:cut + 1], pos
-                    buf, pos, first = buf[cut + 1:], pos + cut + 1, False
-                    continue
-        if eof:
-            if buf and not skip:
-                yield buf, pos
-            return
         chunk = f.read(CHUNK_BYTES)
-        if not chunk:
-            eof = True
-            continue
-        if counted is not None:
+        eof = not chunk
+        if chunk and counted is not None:
             counted[0] += len(chunk)
             if on_read is not None:
                 on_read(len(chunk))
-        buf += chunk
+        if head:  # the first bytes, read apart to look for a byte-order mark
+            chunk, head = head + chunk, b""
+        if skip:  # the line that started before ``start`` is the previous range's
+            cut = chunk.find(b"\n")
+            if cut < 0:
+                if eof:
+                    return
+                pos += len(chunk)
+                continue
+            pos, skip, chunk = pos + cut + 1, False, chunk[cut + 1:]
+        if end is not None and (0 if first else pos) >= end:
+            return
+        if end is not None and pos + tail_size + len(chunk) >= end:
+            cut = chunk.find(b"\n", max(end - 1 - pos - tail_size, 0))  # the line holding byte end - 1 is the last
+            if cut >= 0:
+                yield b"".join([*tail, memoryview(chunk)[:cut + 1]]), pos
+                return
+        elif not eof:
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                whole = not tail_size and cut == len(chunk) - 1  # the chunk ends a line: no copy
+                block = chunk if whole else b"".join([*tail, memoryview(chunk)[:cut + 1]])
+                yield block, pos
+                pos, first, chunk = pos + len(block), False, chunk[cut + 1:]
+                tail, tail_size = [], 0
+        if eof:
+            if tail_size or chunk:
+                yield b"".join([*tail, chunk]), pos
+            return
+        tail.append(chunk)
+        tail_size += len(chunk)
 
 
 class Rows:
