@@ -276,12 +276,17 @@ def _jsonl_precheck(block: bytes) -> int | None:
 
 
 def _blank(ids: pa.Array) -> bool:
-    """True when an id is empty or whitespace (``str.strip``); ids starting with a printable ASCII
-    character are not, the others (rare) are checked in Python."""
-    sure = pc.match_substring_regex(ids, "^[!-~]")
-    if pc.all(sure).as_py():
+    """True when an id is empty or whitespace (``str.strip``). Ids whose first byte is printable ASCII
+    (``!`` to ``~``) are not; the others (rare) are checked in Python."""
+    offset_type = np.int64 if ids.type in (pa.large_string(), pa.large_binary()) else np.int32
+    offsets = np.frombuffer(ids.buffers()[1], offset_type)[ids.offset:ids.offset + len(ids) + 1]
+    values = ids.buffers()[2]
+    data = np.frombuffer(values, np.uint8) if values is not None and values.size else np.zeros(1, np.uint8)
+    first = data[np.minimum(offsets[:-1], data.size - 1)]
+    sure = (offsets[1:] > offsets[:-1]) & (first >= ord("!")) & (first <= ord("~"))
+    if sure.all():
         return False
-    return any(not i.strip() for i in ids.filter(pc.invert(sure)).to_pylist())
+    return any(not i.strip() for i in ids.filter(pa.array(~sure)).to_pylist())
 
 
 def jsonl_block(block: bytes, id_field: str, text_field: str) -> tuple[pa.Array, pa.Array] | None:
