@@ -614,3 +614,18 @@ def test_well_formed_csv_with_quoted_lines_is_read_fast(tmp_path, fast_blocks):
     got = assert_fast_reads_as_per_record(str(path))
     assert got["docs"] == rows
     assert fast_blocks["csv"] == 1
+
+
+@pytest.mark.parametrize("bad", [b'{"id": "x", "text": 1}', b'{"id": "x"}', b'{"id": " ", "text": "a"}',
+                                 b'{"id": "x", "text": "a", "text": "b"}', b"[1]", b'{"id": 1.5, "text": "a"}'])
+@pytest.mark.parametrize("every", [1, 2, 97])
+def test_jsonl_bad_lines_here_and_there_read_as_per_line(tmp_path, fast_blocks, bad, every):
+    """Bad lines every line, every other line (thousands in one block: no deep recursion) and now and
+    then: the good lines between still go fast, and everything reads as the per-line code reads it."""
+    lines = [bad if i % every == 0 else line for i, line in enumerate(_good_jsonl(3000, "m"))]
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    got = assert_fast_reads_as_per_record(str(path))
+    assert len(got["docs"]) + len(got["dead"]) == got["count"]
+    if every > 1:
+        assert fast_blocks["jsonl"] >= 1

@@ -32,6 +32,7 @@ reads everything record by record: the reference the fast readers are tested aga
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import posixpath
 import uuid
@@ -193,22 +194,51 @@ class ReadRecords(beam.DoFn):
         return read_fast.range_blocks(f, start, end, self._counted, INPUT_BYTES.add)
 
     def _halving(self, block: bytes, number: int, offset: int, fast_read, slow_read):
-        """The records of ``block`` (lines numbered from ``number``, starting at byte ``offset``):
-        ``fast_read(block, number)`` -> one ``(ids, texts)`` row a line where it can, else the block in
-        halves, each tried again, down to ``MIN_FAST_LINES`` lines, which ``slow_read(lines, number,
-        offset)`` reads line by line. Returns (as a generator) the number of lines the block held."""
-        rows = fast_read(block, number) if self.fast else None
-        if rows is not None:
-            yield read_fast.Rows(*rows)
-            return len(rows[0])
-        parts = read_fast.halves(block) if self.fast and block.count(b"\n") > read_fast.MIN_FAST_LINES else None
-        if parts is None:
+        """The records of ``block`` (lines numbered from ``number``, starting at byte ``offset``); returns
+        (as a generator) the number of lines it held. ``fast_read(block, number)`` gives what
+        ``read_fast.jsonl_block`` gives; ``slow_read(lines, number, offset)`` reads lines one by one.
+
+        Lines a fast read names as bad are read one by one and the rest of the block is tried again; a
+        block refused without saying where is halved, each half tried again, down to ``MIN_FAST_LINES``
+        lines read one by one. A block refused at its first line again and again sends 1, 2, 4, ... lines
+        to the per-line code before the next try: a block of bad lines costs a few tries, not one a line."""
+        total, backoff = 0, 0
+        while block:
+            result = fast_read(block, number) if self.fast else None
+            if isinstance(result, tuple) and len(result) == 2:
+                yield read_fast.Rows(*result)
+                return total + len(result[0])
             lines = read_fast.block_lines(block)
+            starts = list(itertools.accumulate((len(line) + 1 for line in lines), initial=offset))
+            if isinstance(result, tuple):  # documents, but for some lines
+                ids, texts, bad = result
+                done = 0
+                for row in [*bad, len(lines)]:
+                    if row > done:
+                        yield read_fast.Rows(ids.slice(done, row - done), texts.slice(done, row - done))
+                    if row < len(lines):
+                        yield from slow_read(lines[row:row + 1], number + row, starts[row])
+                    done = row + 1
+                return total + len(lines)
+            if not (isinstance(result, int) and len(lines) > 1):
+                break
+            row = min(result, len(lines) - 1)  # stopped at a line: the lines before it, it, then the rest
+            if row:
+                yield from self._halving(block[:starts[row] - offset], number, offset, fast_read, slow_read)
+            backoff = 0 if row else backoff + 1
+            taken = min(row + (1 if row else 1 << (backoff - 1)), len(lines))
+            yield from slow_read(lines[row:taken], number + row, starts[row])
+            block, number, offset, total = block[starts[taken] - offset:], number + taken, starts[taken], total + taken
+        if not block:
+            return total
+        parts = read_fast.halves(block) if self.fast and len(lines) > read_fast.MIN_FAST_LINES else None
+        if parts is None:
             yield from slow_read(lines, number, offset)
-            return len(lines)
+            return total + len(lines)
         first, second = parts
         lines = yield from self._halving(first, number, offset, fast_read, slow_read)
-        return lines + (yield from self._halving(second, number + lines, offset + len(first), fast_read, slow_read))
+        lines += yield from self._halving(second, number + lines, offset + len(first), fast_read, slow_read)
+        return total + lines
 
     def _text(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)

@@ -26,6 +26,7 @@ escapes, non-string texts, bool/float/object ids, comments, trailing commas, con
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 
@@ -252,52 +253,66 @@ def _rapidjson_only_numbers(block: bytes, data: np.ndarray) -> bool:
     return False
 
 
-def _jsonl_precheck(block: bytes) -> int | None:
-    """The number of lines of a block ``pyarrow.json`` may read exactly as ``json.loads`` would, or
-    None when it must not (see the module's docstring)."""
+def _jsonl_precheck(block: bytes) -> tuple[int | None, int | None]:
+    """``(lines, None)``: the number of lines of a block ``pyarrow.json`` may read exactly as ``json.loads``
+    would; ``(None, line)`` when it must not because of that line; ``(None, None)`` when it must not
+    (see the module's docstring)."""
     if not _utf8(block):
-        return None
+        return None, None
     data = np.frombuffer(block, np.uint8)
     starts, ends = _line_starts(data)
-    if not np.all(data[starts] == _OPEN_BRACE):
-        return None
+    not_objects = np.flatnonzero(data[starts] != _OPEN_BRACE)
+    if not_objects.size:
+        return None, int(not_objects[0])
     if b"\r" in block and block.count(b"\r") != block.count(b"\r\n"):
-        return None
+        return None, None
     opening = np.count_nonzero(data == _OPEN_BRACE) + np.count_nonzero(data == _OPEN_BRACKET)
     if opening - starts.size > MAX_FAST_BRACKETS:
         per_line = np.add.reduceat((data == _OPEN_BRACE) | (data == _OPEN_BRACKET), starts)
         if per_line.max() > MAX_FAST_BRACKETS:
-            return None
-    if _int_digits_over_limit(block, data, starts, ends):
-        return None
-    if _rapidjson_only_numbers(block, data):
-        return None
-    return int(starts.size)
+            return None, int(np.argmax(per_line > MAX_FAST_BRACKETS))
+    if _int_digits_over_limit(block, data, starts, ends) or _rapidjson_only_numbers(block, data):
+        return None, None
+    return int(starts.size), None
 
 
-def _blank(ids: pa.Array) -> bool:
-    """True when an id is empty or whitespace (``str.strip``). Ids whose first byte is printable ASCII
-    (``!`` to ``~``) are not; the others (rare) are checked in Python."""
+def _blank_rows(ids: pa.Array) -> np.ndarray:
+    """Indices of the ids that are empty or whitespace (``str.strip``). Ids whose first byte is printable
+    ASCII (``!`` to ``~``) are not; the others (rare) are checked in Python."""
     offset_type = np.int64 if ids.type in (pa.large_string(), pa.large_binary()) else np.int32
     offsets = np.frombuffer(ids.buffers()[1], offset_type)[ids.offset:ids.offset + len(ids) + 1]
     values = ids.buffers()[2]
     data = np.frombuffer(values, np.uint8) if values is not None and values.size else np.zeros(1, np.uint8)
     first = data[np.minimum(offsets[:-1], data.size - 1)]
-    sure = (offsets[1:] > offsets[:-1]) & (first >= ord("!")) & (first <= ord("~"))
-    if sure.all():
-        return False
-    return any(not i.strip() for i in ids.filter(pa.array(~sure)).to_pylist())
+    unsure = np.flatnonzero(~((offsets[1:] > offsets[:-1]) & (first >= ord("!")) & (first <= ord("~"))))
+    if not unsure.size:
+        return unsure
+    return unsure[[i is None or not i.strip() for i in ids.take(pa.array(unsure)).to_pylist()]]
 
 
-def jsonl_block(block: bytes, id_field: str, text_field: str) -> tuple[pa.Array, pa.Array] | None:
-    """``(ids, texts)`` (``pa.string()``) of a block of JSONL lines (see ``range_blocks``), exactly as
-    the per-line code would give them, or None when the block needs the per-line code (a bad line, or one
-    ``pyarrow.json`` cannot read exactly)."""
+def _blank(ids: pa.Array) -> bool:
+    return _blank_rows(ids).size > 0
+
+
+_IN_ROW = re.compile(r"in row (\d+)$")
+
+
+def jsonl_block(block: bytes, id_field: str, text_field: str):
+    """A block of JSONL lines (see ``range_blocks``) read by ``pyarrow.json``, exactly as the per-line
+    code would read it, or what stands in the way:
+
+    - ``(ids, texts)`` (``pa.string()``): one row a line, all documents;
+    - ``(ids, texts, bad)``: one row a line, but the lines at the indices ``bad`` (ascending) are for the
+      per-line code (a null or missing id or text, a blank id); the other rows are documents;
+    - an ``int``: ``pyarrow.json`` stopped at that row (= line, when nothing else is wrong), which is for the
+      per-line code; the lines before and after are to be tried again;
+    - None: the block is for the per-line code (or to be tried again in parts).
+    """
     if id_field == text_field:
         return None
-    lines = _jsonl_precheck(block)
+    lines, refused_line = _jsonl_precheck(block)
     if lines is None:
-        return None
+        return refused_line
     table = None
     for id_type in (pa.string(), pa.int64()):
         schema = pa.schema([(id_field, id_type), (text_field, pa.string())])
@@ -308,18 +323,23 @@ def jsonl_block(block: bytes, id_field: str, text_field: str) -> tuple[pa.Array,
                                                                unexpected_field_behavior="ignore"))
             break
         except pa.ArrowInvalid as e:
-            if f"Column(/{id_field}) changed from string to number" not in str(e):
+            row = _IN_ROW.search(str(e))
+            if row is None:
                 return None
+            if row.group(1) != "0" or f"Column(/{id_field}) changed from string to number" not in str(e):
+                return int(row.group(1))
     if table is None or table.num_rows != lines:
         return None
     ids, texts = _one_chunk(table.column(id_field)), _one_chunk(table.column(text_field))
-    if ids.null_count or texts.null_count:
-        return None
     if pa.types.is_integer(ids.type):
         ids = ids.cast(pa.string())
-    elif _blank(ids):
-        return None
-    return ids, texts
+        bad = np.zeros(0, np.int64)
+    else:
+        bad = _blank_rows(ids)
+    if ids.null_count or texts.null_count:
+        nulls = pc.or_(pc.is_null(ids), pc.is_null(texts))
+        bad = np.union1d(bad, np.flatnonzero(nulls.to_numpy(zero_copy_only=False)))
+    return (ids, texts) if not bad.size else (ids, texts, bad.tolist())
 
 
 def text_block(block: bytes, name: str, first_number: int) -> tuple[pa.Array, pa.Array] | None:
