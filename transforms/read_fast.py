@@ -1,10 +1,12 @@
 """Fast readers: JSONL, plain text and Parquet read block by block into Arrow arrays, where that is exact.
 
 Every fast path answers "exactly what the per-record code in ``transforms/read.py`` would give" or
-``None``; on ``None`` the caller reads the same block with that per-record code, so the documents and
-dead letters never depend on which path read them. A refused JSONL or text block is halved and each half
-tried again (down to ``MIN_FAST_LINES`` lines), so one bad line costs the per-line code a few lines, not
-a whole block. Arrow's thread pool is never used (``use_threads=False``): the model needs the cores.
+refuses; the caller reads what was refused with that per-record code, so the documents and dead letters
+never depend on which path read them. A JSONL reader that can say which line stands in the way gets that
+line read by the per-line code and the rest tried again; a block refused otherwise is halved and each half
+tried again (down to ``MIN_FAST_LINES`` lines): a bad line costs the per-line code a few lines, not a
+whole block (``ReadRecords._halving``). Arrow's thread pool is never used (``use_threads=False``): the
+model needs the cores. ``Batcher`` turns what is read into ``DocBatch``es. CSV: ``transforms/read_csv.py``.
 
 JSONL blocks are parsed by ``pyarrow.json`` with an explicit ``{id: string, text: string}`` schema
 (other fields ignored; an id column of integers read again as int64 and written ``str(int)`` as today).
@@ -14,7 +16,7 @@ or after parsing:
 - invalid UTF-8 anywhere in the block (``pyarrow.json`` does not validate ignored fields);
 - a line that does not start with ``{`` (blank lines, leading whitespace or byte-order mark, not an object);
 - a lone ``\\r`` (a line break to ``pyarrow.json``, whitespace or an error to ``json.loads``);
-- more rows than lines (two objects on one line);
+- more rows than lines (two objects on one line: ``pyarrow.json`` reads both);
 - a line with more than ``MAX_FAST_BRACKETS`` ``[``/``{`` (nesting ``json.loads`` may refuse);
 - a run of digits longer than Python's integer string limit (``sys.get_int_max_str_digits``);
 - ``Inf``, ``-Inf`` or ``-NaN`` as a value (rapidjson's extensions; Python takes ``NaN``/``Infinity``);
@@ -373,19 +375,18 @@ def parquet_group(table: pa.Table, id_field: str, text_field: str) -> tuple[pa.A
     ids, texts = (_decoded(_one_chunk(table.column(c))) for c in (id_field, text_field))
     if ids.null_count or texts.null_count or texts.type not in _STRINGS:
         return None
-    if pa.types.is_integer(ids.type):
-        return ids.cast(pa.string()), texts.cast(pa.string())
-    if ids.type not in _STRINGS and ids.type not in (pa.binary(), pa.large_binary()):
+    if not pa.types.is_integer(ids.type) and ids.type not in (*_STRINGS, pa.binary(), pa.large_binary()):
         return None
     try:
-        ids = ids.cast(pa.large_binary()).cast(pa.large_string())  # bytes that are not UTF-8 raise here
-        ids.validate(full=True)
-        texts.validate(full=True)  # and strings that are not UTF-8 here
+        if not pa.types.is_integer(ids.type):
+            ids = ids.cast(pa.large_binary()).cast(pa.large_string())  # bytes that are not UTF-8 raise here
+            ids.validate(full=True)
+            if _blank(ids):
+                return None
+        texts.validate(full=True)  # strings that are not UTF-8 raise here
+        return ids.cast(pa.string()), texts.cast(pa.string())  # and a group of over 2 GiB of text here
     except pa.ArrowInvalid:
         return None
-    if _blank(ids):
-        return None
-    return ids.cast(pa.string()), texts.cast(pa.string())
 
 
 _STRINGS = (pa.string(), pa.large_string())
