@@ -32,7 +32,6 @@ reads everything record by record: the reference the fast readers are tested aga
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import posixpath
 import uuid
@@ -198,47 +197,56 @@ class ReadRecords(beam.DoFn):
         (as a generator) the number of lines it held. ``fast_read(block, number)`` gives what
         ``read_fast.jsonl_block`` gives; ``slow_read(lines, number, offset)`` reads lines one by one.
 
-        Lines a fast read names as bad are read one by one and the rest of the block is tried again; a
-        block refused without saying where is halved, each half tried again, down to ``MIN_FAST_LINES``
-        lines read one by one. A block refused at its first line again and again sends 1, 2, 4, ... lines
-        to the per-line code before the next try: a block of bad lines costs a few tries, not one a line."""
-        total, backoff = 0, 0
-        while block:
-            result = fast_read(block, number) if self.fast else None
-            if isinstance(result, tuple) and len(result) == 2:
-                yield read_fast.Rows(*result)
-                return total + len(result[0])
-            lines = read_fast.block_lines(block)
-            starts = list(itertools.accumulate((len(line) + 1 for line in lines), initial=offset))
-            if isinstance(result, tuple):  # documents, but for some lines
-                ids, texts, bad = result
+        Lines a fast read names as bad are read one by one and what follows is tried again, in windows
+        as long as the run of good lines before (at least ``16 * MIN_FAST_LINES``, doubled after each
+        success); a block refused without
+        saying where is halved, each half tried again, down to ``MIN_FAST_LINES`` lines read one by one.
+        A window refused at its first line again and again sends 1, 2, 4, ... lines to the per-line code
+        before the next try: a block of bad lines costs a few tries, not one a line."""
+        result = fast_read(block, number) if self.fast else None
+        if isinstance(result, tuple) and len(result) == 2:
+            yield read_fast.Rows(*result)
+            return len(result[0])
+        bounds = read_fast.line_bounds(block)  # line i is block[bounds[i]:bounds[i + 1]]
+        lines = len(bounds) - 1
+
+        def slow(lo: int, hi: int) -> Iterator:
+            return slow_read(read_fast.block_lines(block[bounds[lo]:bounds[hi]]), number + lo, offset + bounds[lo])
+
+        lo, window, backoff = 0, lines, 0
+        while lo < lines:
+            hi = min(lo + window, lines)
+            if lo or hi < lines:  # the first try was the whole block, above
+                result = fast_read(block[bounds[lo]:bounds[hi]], number + lo)
+            if isinstance(result, tuple):
+                ids, texts, *bad = result
                 done = 0
-                for row in [*bad, len(lines)]:
+                for row in [*(bad[0] if bad else []), hi - lo]:
                     if row > done:
                         yield read_fast.Rows(ids.slice(done, row - done), texts.slice(done, row - done))
-                    if row < len(lines):
-                        yield from slow_read(lines[row:row + 1], number + row, starts[row])
+                    if row < hi - lo:
+                        yield from slow(lo + row, lo + row + 1)
                     done = row + 1
-                return total + len(lines)
-            if not (isinstance(result, int) and len(lines) > 1):
-                break
-            row = min(result, len(lines) - 1)  # stopped at a line: the lines before it, it, then the rest
-            if row:
-                yield from self._halving(block[:starts[row] - offset], number, offset, fast_read, slow_read)
-            backoff = 0 if row else backoff + 1
-            taken = min(row + (1 if row else 1 << (backoff - 1)), len(lines))
-            yield from slow_read(lines[row:taken], number + row, starts[row])
-            block, number, offset, total = block[starts[taken] - offset:], number + taken, starts[taken], total + taken
-        if not block:
-            return total
-        parts = read_fast.halves(block) if self.fast and len(lines) > read_fast.MIN_FAST_LINES else None
-        if parts is None:
-            yield from slow_read(lines, number, offset)
-            return total + len(lines)
-        first, second = parts
-        lines = yield from self._halving(first, number, offset, fast_read, slow_read)
-        lines += yield from self._halving(second, number + lines, offset + len(first), fast_read, slow_read)
-        return total + lines
+                lo, window, backoff = hi, window * 2, 0
+            elif isinstance(result, int) and hi - lo > 1:  # stopped at a line: the lines before it, it, the rest
+                row = lo + min(result, hi - lo - 1)
+                if row > lo:
+                    yield from self._halving(block[bounds[lo]:bounds[row]], number + lo, offset + bounds[lo],
+                                             fast_read, slow_read)
+                backoff = 0 if row > lo else backoff + 1
+                taken = min(row + (1 if row > lo else 1 << (backoff - 1)), lines)
+                yield from slow(row, taken)
+                lo, window = taken, max(row - lo, 16 * read_fast.MIN_FAST_LINES)
+            elif self.fast and hi - lo > read_fast.MIN_FAST_LINES:  # refused, not saying where: halves
+                mid = (lo + hi) // 2
+                for a, b in ((lo, mid), (mid, hi)):
+                    yield from self._halving(block[bounds[a]:bounds[b]], number + a, offset + bounds[a],
+                                             fast_read, slow_read)
+                lo = hi
+            else:
+                yield from slow(lo, hi)
+                lo = hi
+        return lines
 
     def _text(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)

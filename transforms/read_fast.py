@@ -180,14 +180,11 @@ def block_lines(block: bytes) -> list[bytes]:
     return lines
 
 
-def halves(block: bytes) -> tuple[bytes, bytes] | None:
-    """The block cut at a line end near its middle (None when it is one line)."""
-    cut = block.find(b"\n", len(block) // 2)
-    if cut < 0 or cut == len(block) - 1:
-        cut = block.rfind(b"\n", 0, len(block) - 1)
-    if cut < 0:
-        return None
-    return block[:cut + 1], block[cut + 1:]
+def line_bounds(block: bytes) -> list[int]:
+    """Where the lines of a block start, and its length: line ``i`` (with its ``b"\\n"``) is
+    ``block[bounds[i]:bounds[i + 1]]``."""
+    starts, _ = _line_starts(np.frombuffer(block, np.uint8))
+    return [*starts.tolist(), len(block)]
 
 
 def is_utf8_text(text: str) -> bool:
