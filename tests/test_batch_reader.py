@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transforms import read, read_fast
+from transforms import read, read_csv, read_fast
 from transforms.batch import DocBatch
 from transforms.read import COUNTS, ReadCorpus, ReadRecords
 
@@ -114,13 +114,14 @@ def test_a_file_without_documents_gives_no_batch(tmp_path, data):
 def fast_blocks(monkeypatch) -> dict:
     """Counts of blocks (row groups) the fast readers read, by format: a test of a fast path shows that
     the fast path ran."""
-    counts = {"jsonl": 0, "text": 0, "parquet": 0}
-    for fmt, name in (("jsonl", "jsonl_block"), ("text", "text_block"), ("parquet", "parquet_group")):
-        def spy(*args, _real=getattr(read_fast, name), _fmt=fmt):
+    counts = {"jsonl": 0, "text": 0, "parquet": 0, "csv": 0}
+    for fmt, module, name in (("jsonl", read_fast, "jsonl_block"), ("text", read_fast, "text_block"),
+                              ("parquet", read_fast, "parquet_group"), ("csv", read_csv, "_fast_block")):
+        def spy(*args, _real=getattr(module, name), _fmt=fmt):
             rows = _real(*args)
             counts[_fmt] += rows is not None
             return rows
-        monkeypatch.setattr(read_fast, name, spy)
+        monkeypatch.setattr(module, name, spy)
     return counts
 
 
@@ -397,7 +398,7 @@ def _lines_starting_in(data: bytes, start: int, end: int) -> list[tuple[bytes, i
     return [(line, at) for line, at in lines if start <= at < end]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(lines=st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=12),
        bom=st.booleans(), final=st.booleans(), split=st.integers(1, 40), chunk=st.integers(1, 9))
 def test_range_blocks_give_each_range_the_lines_that_start_in_it(lines, bom, final, split, chunk):
@@ -503,17 +504,128 @@ def test_generated_text_reads_fast_as_per_line(tmp_path, lines, final, ending):
         assert_fast_reads_as_per_record(str(path))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.tuples(st.text(max_size=6), st.text(max_size=20)), max_size=20),
-       junk=st.lists(st.binary(max_size=10), max_size=3))
-def test_generated_csv_reads_as_per_record(tmp_path, rows, junk):
+CSV_CASES = {
+    "plain": b"id,text\na,b\n",
+    "quoted": b'id,text\na,"b, c"\n',
+    "quoted newline": b'id,text\na,"b\nc"\n',
+    "quoted crlf": b'id,text\r\na,"b\r\nc"\r\n',
+    "quoted lone cr": b'id,text\na,"b\rc"\n',
+    "text after a closing quote": b'id,text\na,"ab"cd\n',
+    "quote inside a field": b'id,text\na,ab"cd\n',
+    "quote inside then a quoted newline": b'id,text\na"b,"c\nd"\n',
+    "lone cr ends records": b"id,text\ra,b\rc,d\n",
+    "whitespace line": b"id,text\na,b\n \nc,d\n",
+    "empty lines": b"id,text\na,b\n\n\r\n\r\rc,d\n",
+    "extra field": b"id,text\na,b,c\n",
+    "missing field": b"id,text\na\n",
+    "duplicate header": b"id,text,text\na,b,c\n",
+    "duplicate other header": b"x,id,x,text\n1,a,2,b\n",
+    "unterminated quote": b'id,text\na,"bc\nd,e\n',
+    "nul": b"id,text\na,b\x00c\n",
+    "empty text": b"id,text\na,\n",
+    "quoted empty": b'id,text\na,""\n',
+    "spaces and quotes": b'id,text\n a , "b" \n',
+    "doubled quotes": b'id,text\na,"say ""hi"""\n',
+    "null-looking values": b"id,text\nNULL,NA\n",
+    "space after a closing quote": b'id,text\na,"b" \n',
+    "empty id": b"id,text\n,b\n",
+    "blank id": b"id,text\n  ,b\n",
+    "invalid utf8": b"id,text\na,caf\xe9\n",
+    "invalid utf8 other field": b"id,text,x\na,b,\xff\n",
+    "quoted header": b'"id","text"\na,b\n',
+    "header without id": b"key,text\na,b\n",
+    "header only": b"id,text",
+    "header not utf8": b"id,t\xe9xt\nh1,fox\n",
+    "no final newline": b"id,text\na,b",
+    "final cr": b"id,text\na,b\r",
+    "quote at the end of the file": b'id,text\na,"b"',
+    "big field": b"id,text\nc1," + b"fox " * 50000 + b"\nc2,dog\n",
+}
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 20])
+@pytest.mark.parametrize("case", list(CSV_CASES))
+def test_csv_reads_fast_as_per_record(tmp_path, monkeypatch, fast_blocks, case, chunk):
+    """Each case alone, and between good rows (read in chunks of 3 bytes too: records cut everywhere)."""
+    monkeypatch.setattr(read_fast, "CHUNK_BYTES", chunk)
+    data = CSV_CASES[case]
+    header, _, body = data.partition(b"\n")
+    good = b"".join(b"g%d,good row %d\n" % (i, i) for i in range(20))
+    path = tmp_path / "c.csv"
+    for variant in (data, header + b"\n" + good + body if header == b"id,text" else data):
+        path.write_bytes(variant)
+        assert_fast_reads_as_per_record(str(path))
+    if header == b"id,text" and body and chunk == 3:
+        assert fast_blocks["csv"] >= 1, "the good rows before the case, in blocks of their own, went fast"
+
+
+_csv_field = st.one_of(st.text(max_size=12),
+                       st.sampled_from(["", " ", '"', '""', "a\nb", "a\r\nb", "a\rb", ",", "\ud800"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(_csv_field, min_size=1, max_size=3), max_size=20),
+       quoting=st.sampled_from([0, 1, 3]), junk=st.lists(st.binary(max_size=8), max_size=2),
+       ending=st.sampled_from(["\n", "\r\n", "\r"]), chunk=st.sampled_from([5, 64, 1 << 20]))
+def test_generated_csv_reads_fast_as_per_record(tmp_path, rows, quoting, junk, ending, chunk):
     import csv
 
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, quoting=quoting, lineterminator=ending)  # minimal, all, none (escaped)
     writer.writerow(["id", "text"])
-    writer.writerows(rows)
-    data = buffer.getvalue().encode("utf-8", "surrogatepass") + b"\n".join(junk)
+    try:
+        writer.writerows(rows)
+    except csv.Error:  # QUOTE_NONE without an escape character
+        return
+    data = buffer.getvalue().encode("utf-8", "surrogatepass")
+    for piece in junk:
+        at = len(data) // 2
+        data = data[:at] + piece + data[at:]
     path = tmp_path / "gen.csv"
     path.write_bytes(data)
-    assert_fast_reads_as_per_record(str(path))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(read_fast, "CHUNK_BYTES", chunk)
+        assert_fast_reads_as_per_record(str(path))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(data=st.lists(st.sampled_from([bytes([i]) for i in range(256)] + [
+    "é".encode(), "中".encode(), "😀".encode(), b"\xed\xa0\x80", b"\xed\x9f\xbf", b"\xee\x80\x80", b"\xf4\x90\x80\x80",
+    b"\xf4\x8f\xbf\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xe0\xa0\x80", b"\xf0\x80\x80\x80",
+    b"\xf0\x90\x80\x80", b"\xef\xbb\xbf"]), max_size=8).map(b"".join))
+def test_block_utf8_check_agrees_with_python_decode(data):
+    try:
+        data.decode("utf-8")
+        python = True
+    except UnicodeDecodeError:
+        python = False
+    assert read_fast._utf8(data) == python
+
+
+def test_well_formed_csv_with_quoted_lines_is_read_fast(tmp_path, fast_blocks):
+    import csv
+
+    rows = [(f"q{i}", f'line one, "quoted"\nline {i}\r\nend') for i in range(200)]
+    path = tmp_path / "q.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "other"])
+        writer.writerows((i, t, "x") for i, t in rows)
+    got = assert_fast_reads_as_per_record(str(path))
+    assert got["docs"] == rows
+    assert fast_blocks["csv"] == 1
+
+
+@pytest.mark.parametrize("bad", [b'{"id": "x", "text": 1}', b'{"id": "x"}', b'{"id": " ", "text": "a"}',
+                                 b'{"id": "x", "text": "a", "text": "b"}', b"[1]", b'{"id": 1.5, "text": "a"}'])
+@pytest.mark.parametrize("every", [1, 2, 97])
+def test_jsonl_bad_lines_here_and_there_read_as_per_line(tmp_path, fast_blocks, bad, every):
+    """Bad lines every line, every other line (thousands in one block: no deep recursion) and now and
+    then: the good lines between still go fast, and everything reads as the per-line code reads it."""
+    lines = [bad if i % every == 0 else line for i, line in enumerate(_good_jsonl(3000, "m"))]
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    got = assert_fast_reads_as_per_record(str(path))
+    assert len(got["docs"]) + len(got["dead"]) == got["count"]
+    if every > 1:
+        assert fast_blocks["jsonl"] >= 1

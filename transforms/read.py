@@ -22,16 +22,18 @@ Each file also reports how many records it held (tag ``counts``), for the run's 
 A main output is a ``DocBatch`` (``transforms/batch.py``) of at most ``BATCH_DOCS`` documents and about
 ``read_fast.BATCH_BYTES`` bytes of text: ``ids`` and ``texts`` ``pa.string()`` arrays, in file order; a
 file's (or a range's) last batch holds what is left. Dead letters are single records (tag ``errors``).
+
+JSONL, CSV, plain text and Parquet are read block by block by Arrow readers where that is exact
+(``transforms/read_fast.py``, ``transforms/read_csv.py``); what they refuse is read record by record by
+the code here, so the documents and dead letters are the same either way (``ReadRecords(fast=False)``
+reads everything record by record: the reference the fast readers are tested against).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import posixpath
-import re
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -40,7 +42,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms import read_fast
+from transforms import read_csv, read_fast
 from transforms.errors import NAMESPACE, tagged
 
 COUNTS = "counts"
@@ -72,7 +74,6 @@ class InputBytes:
 
 INPUT_BYTES = InputBytes()
 COMPRESSED = (".gz", ".bz2", ".deflate", ".zst", ".zstd", ".xz", ".lzma")  # what Beam decompresses by suffix
-_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
 
 
 def file_format(path: str) -> str:
@@ -89,14 +90,6 @@ def file_format(path: str) -> str:
     return "text"
 
 
-def _lines(f, counted: list[int] | None = None) -> Iterator[bytes]:
-    """Lines split on b"\\n" only (a text's own U+2028 or \\r stay inside its document); a leading
-    UTF-8 byte-order mark (as Windows editors write) is not part of the first line. ``counted``: a
-    one-item list that gets the bytes read added, as they are read."""
-    for block, _ in read_fast.range_blocks(f, 0, None, counted, INPUT_BYTES.add):
-        yield from read_fast.block_lines(block)
-
-
 def _cut_short(f, size: int | None) -> bool:
     """True when ``f`` is a compressed file read to its end whose stream never reached its end marker
     (Beam's reader stops quietly there). An empty file is not cut short."""
@@ -105,25 +98,12 @@ def _cut_short(f, size: int | None) -> bool:
                 and getattr(decompressor, "eof", True) is False)
 
 
-def _is_utf8(text: str) -> bool:
-    """False for text holding surrogates: decoded with surrogateescape from bytes that were not UTF-8, or
-    a JSON escape of a lone surrogate."""
-    if text.isascii():  # O(1) in CPython: no surrogate in it
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 class ReadRecords(beam.DoFn):
     """One file path in; ``DocBatch`` main outputs, dead letters, and the file's record count."""
 
     def __init__(self, id_field: str, text_field: str, total_bytes: int = 0, fast: bool = True):
-        """``fast``: read JSONL, text and Parquet with the Arrow readers of ``transforms/read_fast.py``
-        where they are exact (default); False reads every record with the per-record code (the reference
-        the fast readers are tested against; CSV is always read so)."""
+        """``fast``: read with the Arrow readers where they are exact (default); False reads every record
+        with the per-record code (the reference the fast readers are tested against)."""
         self.id_field = id_field
         self.text_field = text_field
         self.total_bytes = total_bytes
@@ -213,22 +193,60 @@ class ReadRecords(beam.DoFn):
         return read_fast.range_blocks(f, start, end, self._counted, INPUT_BYTES.add)
 
     def _halving(self, block: bytes, number: int, offset: int, fast_read, slow_read):
-        """The records of ``block`` (lines numbered from ``number``, starting at byte ``offset``):
-        ``fast_read(block, number)`` -> one ``(ids, texts)`` row a line where it can, else the block in
-        halves, each tried again, down to ``MIN_FAST_LINES`` lines, which ``slow_read(lines, number,
-        offset)`` reads line by line. Returns (as a generator) the number of lines the block held."""
-        rows = fast_read(block, number) if self.fast else None
-        if rows is not None:
-            yield read_fast.Rows(*rows)
-            return len(rows[0])
-        parts = read_fast.halves(block) if self.fast and block.count(b"\n") > read_fast.MIN_FAST_LINES else None
-        if parts is None:
-            lines = read_fast.block_lines(block)
-            yield from slow_read(lines, number, offset)
-            return len(lines)
-        first, second = parts
-        lines = yield from self._halving(first, number, offset, fast_read, slow_read)
-        return lines + (yield from self._halving(second, number + lines, offset + len(first), fast_read, slow_read))
+        """The records of ``block`` (lines numbered from ``number``, starting at byte ``offset``); returns
+        (as a generator) the number of lines it held. ``fast_read(block, number)`` gives what
+        ``read_fast.jsonl_block`` gives; ``slow_read(lines, number, offset)`` reads lines one by one.
+
+        Lines a fast read names as bad are read one by one and what follows is tried again, in windows
+        as long as the run of good lines before (at least ``16 * MIN_FAST_LINES``, doubled after each
+        success); a block refused without
+        saying where is halved, each half tried again, down to ``MIN_FAST_LINES`` lines read one by one.
+        A window refused at its first line again and again sends 1, 2, 4, ... lines to the per-line code
+        before the next try: a block of bad lines costs a few tries, not one a line."""
+        result = fast_read(block, number) if self.fast else None
+        if isinstance(result, tuple) and len(result) == 2:
+            yield read_fast.Rows(*result)
+            return len(result[0])
+        bounds = read_fast.line_bounds(block)  # line i is block[bounds[i]:bounds[i + 1]]
+        lines = len(bounds) - 1
+
+        def slow(lo: int, hi: int) -> Iterator:
+            return slow_read(read_fast.block_lines(block[bounds[lo]:bounds[hi]]), number + lo, offset + bounds[lo])
+
+        lo, window, backoff = 0, lines, 0
+        while lo < lines:
+            hi = min(lo + window, lines)
+            if lo or hi < lines:  # the first try was the whole block, above
+                result = fast_read(block[bounds[lo]:bounds[hi]], number + lo)
+            if isinstance(result, tuple):
+                ids, texts, *bad = result
+                done = 0
+                for row in [*(bad[0] if bad else []), hi - lo]:
+                    if row > done:
+                        yield read_fast.Rows(ids.slice(done, row - done), texts.slice(done, row - done))
+                    if row < hi - lo:
+                        yield from slow(lo + row, lo + row + 1)
+                    done = row + 1
+                lo, window, backoff = hi, window * 2, 0
+            elif isinstance(result, int) and hi - lo > 1:  # stopped at a line: the lines before it, it, the rest
+                row = lo + min(result, hi - lo - 1)
+                if row > lo:
+                    yield from self._halving(block[bounds[lo]:bounds[row]], number + lo, offset + bounds[lo],
+                                             fast_read, slow_read)
+                backoff = 0 if row > lo else backoff + 1
+                taken = min(row + (1 if row > lo else 1 << (backoff - 1)), lines)
+                yield from slow(row, taken)
+                lo, window = taken, max(row - lo, 16 * read_fast.MIN_FAST_LINES)
+            elif self.fast and hi - lo > read_fast.MIN_FAST_LINES:  # refused, not saying where: halves
+                mid = (lo + hi) // 2
+                for a, b in ((lo, mid), (mid, hi)):
+                    yield from self._halving(block[bounds[a]:bounds[b]], number + a, offset + bounds[a],
+                                             fast_read, slow_read)
+                lo = hi
+            else:
+                yield from slow(lo, hi)
+                lo = hi
+        return lines
 
     def _text(self, path: str, f) -> Iterator:
         name = posixpath.basename(path)
@@ -289,7 +307,7 @@ class ReadRecords(beam.DoFn):
             yield tagged(None, STAGE, "invalid_json", raw, f"{where}: not a JSON object")
             return
         # A valid UTF-8 line still yields a lone surrogate from an escape ("\ud800"), which no UTF-8 writer takes.
-        if not all(_is_utf8(v) for v in (record.get(self.id_field), record.get(self.text_field))
+        if not all(read_fast.is_utf8_text(v) for v in (record.get(self.id_field), record.get(self.text_field))
                    if isinstance(v, str)):
             yield tagged(None, STAGE, "invalid_utf8", raw,
                          f"{where}: {self.id_field!r} or {self.text_field!r} holds a lone surrogate escape")
@@ -297,27 +315,8 @@ class ReadRecords(beam.DoFn):
         yield self._fields(record, raw)
 
     def _csv(self, path: str, f) -> Iterator:
-        name = posixpath.basename(path)
-        # Lines as _lines gives them (BOM dropped, compressed files too), "\n" put back so that a
-        # quoted field may span lines, and split after a lone "\r" as a file opened with newline=""
-        # (what the csv module expects) would be.
-        text = (part for line in _lines(f, self._counted)
-                for part in _LONE_CR.split(line.decode("utf-8", "surrogateescape") + "\n"))
-        csv.field_size_limit(sys.maxsize)  # a long document is one field: the default limit is 131072 characters
-        reader = csv.DictReader(text)
-        if reader.fieldnames is None:
-            return
-        if not all(_is_utf8(k) for k in reader.fieldnames if isinstance(k, str)):
-            raise ValueError(f"{name}: the header line is not UTF-8")
-        for row in reader:
-            raw = {k: v for k, v in row.items() if k is not None}
-            undecodable = [k for k, v in raw.items() if isinstance(v, str) and not _is_utf8(v)]
-            if undecodable:
-                shown = {k: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v for k, v in raw.items()}
-                yield tagged(None, STAGE, "invalid_utf8", repr(shown),
-                             f"{name}:{reader.line_num}: invalid UTF-8 in {', '.join(map(str, undecodable))}")
-                continue
-            yield self._fields(raw, raw)
+        blocks = (block for block, _ in self._blocks(f))
+        return read_csv.read(posixpath.basename(path), blocks, self._fields, self.id_field, self.text_field, self.fast)
 
     def _parquet(self, path: str, f) -> Iterator:
         import pyarrow.parquet as pq
