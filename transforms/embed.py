@@ -67,7 +67,12 @@ def load_embedder(config: JobConfig):
     from beam_pipeline.model import load_model
 
     device = inference.configure_device(config.device)
-    model = load_model(config.model, unsafe_deserialization=config.unsafe_deserialization).model
+    loaded = load_model(config.model, unsafe_deserialization=config.unsafe_deserialization, model_fn=config.model_fn)
+    launched = config.model_origin.get("builder_sha256")
+    if launched and loaded.provenance.weights.get("builder_sha256") != launched:
+        raise RuntimeError(f"--model_fn {config.model_fn}: this worker reads another file than the launcher did "
+                           "(sha256 differs); ship the builder as a module (MODULE:FUNCTION) instead")
+    model = loaded.model
     # One line per load: the Flink test counts them per SDK worker process (pid).
     LOG.info("model loaded in process %d: %s", os.getpid(), config.model)
     return inference.Embedder(
