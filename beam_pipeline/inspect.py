@@ -288,8 +288,10 @@ def render_text(report: dict) -> str:
     lines += _table(rows)
     targets = report["recurrent_layers"]
     lines.append("")
-    lines.append("targetable layers (recurrent; --layer takes the index path or the name path): "
+    lines.append("targetable layers (recurrent): "
                  + (", ".join(f"{t['index']}:{t['path']}" for t in targets) if targets else "none"))
+    if any("/" in t["path"] for t in targets):
+        lines.append("  (a layer inside a nested model: --layer takes its index path or its name path)")
     if report["default_layer"] is not None:
         lines.append(f"default layer (no --layer): {report['default_layer']} (the last recurrent layer)")
     for t in targets:

@@ -172,4 +172,4 @@ def test_inspect_lists_nested_recurrent_layers_with_their_paths(tmp_path):
     assert entries["encoder/enc_lstm"]["index"] == "3/2" and entries["encoder/enc_lstm"]["mask_is_padding"]
     assert report["default_layer"] == "dec_lstm"
     text = render_text(report)
-    assert "(recurrent; --layer takes the index path or the name path): 3/2:encoder/enc_lstm, " in text
+    assert "targetable layers (recurrent): 3/2:encoder/enc_lstm, " in text
