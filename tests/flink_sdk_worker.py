@@ -13,6 +13,7 @@ environment. Each TaskManager starts its own such processes, so no two TaskManag
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,8 @@ EXTRA_PACKAGES = "extra_packages.txt"
 def install_staged_packages(endpoint: str, dependencies, worker_id: str) -> str | None:
     """Fetches the job's staged artifacts and installs its packages into a new folder; returns the
     folder (for ``PYTHONPATH``), or None when the job staged no package."""
-    folder = tempfile.mkdtemp(prefix=f"beam-worker-{worker_id}-")
+    # beside the cluster's logs (the test's temporary folder), which the TaskManager names in FLINK_LOG_DIR
+    folder = tempfile.mkdtemp(prefix=f"staged-{worker_id}-", dir=os.environ.get("FLINK_LOG_DIR"))
     staged = {}
     with grpc.insecure_channel(endpoint) as channel:
         stub = beam_artifact_api_pb2_grpc.ArtifactRetrievalServiceStub(channel)
@@ -56,6 +58,7 @@ def install_staged_packages(endpoint: str, dependencies, worker_id: str) -> str 
     if WORKFLOW_TARBALL in staged:
         packages.append(staged[WORKFLOW_TARBALL])
     if not packages:
+        shutil.rmtree(folder, ignore_errors=True)
         return None
     target = os.path.join(folder, "site")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",

@@ -216,6 +216,24 @@ def test_keras2_weights_under_keras3_defaults_warn_and_compute_as_keras3(keras2_
     np.testing.assert_allclose(got, helpers.reference(loaded.model, "gru", "final", padded)[0], atol=1e-5, rtol=0)
 
 
+def test_a_whole_tf_keras_h5_gives_its_weights_and_tf_keras_defaults_warn_nothing(keras2_weights, tmp_path):
+    import tf_keras
+
+    original, _, folder = keras2_weights
+    whole = tmp_path / "whole.h5"
+    original.save(str(whole))  # tf_keras writes its own keras_version (2.21.0): tf.keras defaults
+    builder = _write(folder, "keras3_whole", KERAS3_DEFAULTS_BUILDER.replace("RESET_AFTER", "False"))
+    loaded = load_model(str(whole), model_fn=f"{builder}:build")
+    origin = loaded.provenance.to_dict()
+    assert origin["framework_version"] == tf_keras.__version__ and origin["weights_matched"] == "by name"
+    assert origin["warnings"] == []  # sigmoid is tf.keras 2.x's default as well as Keras 3's
+    for name in ("embedding", "lstm", "gru", "dense"):
+        for got, want in zip(loaded.model.get_layer(name).get_weights(), original.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ModelError, match="is a whole model: it needs no --model_fn"):
+        load_model(str(tmp_path / "m.keras"), model_fn=f"{builder}:build")
+
+
 def test_keras2_weights_warnings_reach_the_launch_log(keras2_weights, tmp_path, caplog):
     """Before any work: resolve() logs them (a tokenizer the model cannot take then stops the job)."""
     _, path, folder = keras2_weights

@@ -94,6 +94,8 @@ def _load_weights_only(path: str, model_fn: str) -> LoadedModel:
     from beam_pipeline.model import builder, weights
 
     spec = builder.parse(model_fn)
+    if path.endswith(".keras") or (not files.is_remote(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))):
+        raise ModelError(f"--model {path} is a whole model: it needs no --model_fn (which is for weights-only files)")
     if not files.is_remote(path):
         prefix = weights.checkpoint_prefix(path)
         if prefix is not None:
