@@ -291,6 +291,29 @@ def test_help_says_model_fn_runs_your_code():
     assert "--model_fn" in text and "Runs YOUR code" in text
 
 
+def test_the_keras_that_wrote_a_file_decides_the_defaults_warned_about():
+    from beam_pipeline.model.weights import keras2_defaults
+
+    assert [keras2_defaults(v)[1:] for v in ("2.2.4", "2.3.1", "2.1.6-tf", "2.2.4-tf", "2.3.0-tf", "2.4.0", "2.21.0")] \
+        == [("hard_sigmoid", False)] * 4 + [("sigmoid", True)] * 3
+    assert "TF 2.0-2.1 wrote the same version" in keras2_defaults("2.2.4-tf")[0]
+
+
+def test_one_hot_rule_in_inspect_and_the_id_0_warning(tmp_path):
+    from beam_pipeline.inspect import build_report, render_text
+
+    model = tmp_path / "chars.keras"
+    keras.Sequential([keras.Input((10, 5)), keras.layers.LSTM(3)]).save(model)
+    tokenizer = tmp_path / "tok.json"
+    tokenizer.write_text(json.dumps({"class_name": "Tokenizer", "config": {
+        "num_words": None, "filters": "", "lower": True, "split": " ", "char_level": True, "oov_token": None,
+        "document_count": 1, "word_index": json.dumps({"a": 0, "b": 1, "c": 2})}}), encoding="utf-8")
+    report = build_report(str(model), str(tokenizer))
+    assert report["one_hot"]["rule"].startswith("token id k -> one-hot position k")
+    assert "id 0 is padding, fed as the all-zero vector (position 0 is never set)" in render_text(report)
+    assert any("1 token(s) to id 0 ('a')" in w for w in report["warnings"])
+
+
 def test_one_hot_warns_when_a_real_token_is_id_0():
     assert one_hot_warnings({"a": 1, "b": 2}, 5) == []
     warning = one_hot_warnings({"pad": 0, "a": 1}, 5)[0]

@@ -196,12 +196,19 @@ def _gru_hint(layer, shape: tuple) -> str:
     return ""
 
 
-def _keras2_defaults(version: str) -> tuple[str, str, bool]:
-    """(who wrote the file, in words; its LSTM/GRU recurrent_activation default; its GRU reset_after default)."""
-    numbers = [int(p) for p in version.split("-")[0].split(".")[:2] if p.isdigit()]
-    standalone = "-tf" not in version and numbers < [2, 4]
-    if standalone:
+def keras2_defaults(version: str) -> tuple[str, str, bool]:
+    """(who wrote a file of this keras_version, in words; its LSTM/GRU recurrent_activation default; its GRU
+    reset_after default). Standalone Keras up to 2.3 and tf.keras of TF 1.x: hard_sigmoid, False; tf.keras
+    2.x: sigmoid, True. ``2.2.4-tf`` was written by TF 1.13-1.15 and by TF 2.0-2.1 alike: the older defaults
+    are assumed (the warning says both)."""
+    numbers = [int(p) for p in version.split("-")[0].split(".")[:3] if p.isdigit()]
+    if "-tf" not in version and numbers < [2, 4]:
         return f"standalone Keras {version}", "hard_sigmoid", False
+    if "-tf" in version and numbers < [2, 2, 4]:
+        return f"tf.keras {version} (TF 1.x)", "hard_sigmoid", False
+    if "-tf" in version and numbers == [2, 2, 4]:
+        return (f"tf.keras {version} (TF 1.13-1.15, whose defaults these are; TF 2.0-2.1 wrote the same version "
+                "with sigmoid and reset_after=True)"), "hard_sigmoid", False
     return f"tf.keras {version}", "sigmoid", True
 
 
@@ -222,7 +229,7 @@ def keras2_warnings(model, version: str) -> list[str]:
     defaulted to another, and every Keras 3 ``hard_sigmoid`` (a formula other than Keras 2's)."""
     import keras
 
-    writer, activation, reset_after = _keras2_defaults(version)
+    writer, activation, reset_after = keras2_defaults(version)
     keras2_fn = ("beam_pipeline.model.legacy.keras2_hard_sigmoid (registered as "
                  "'beam_pipeline>keras2_hard_sigmoid')")
     warnings = []
