@@ -140,7 +140,7 @@ import keras
 
 
 def build():
-    """The same network with Keras 3's defaults (the names of the file: matched by name)."""
+    """The same network with Keras 3's defaults."""
     return keras.Sequential([
         keras.Input(({MAXLEN},), dtype="int32"),
         keras.layers.Embedding({VOCAB}, 8, mask_zero=True, name="embedding"),
@@ -203,7 +203,7 @@ def test_keras2_weights_under_keras3_defaults_warn_and_compute_as_keras3(keras2_
     builder = _write(folder, "keras3_defaults", KERAS3_DEFAULTS_BUILDER.replace("RESET_AFTER", "False"))
     loaded = load_model(path, model_fn=f"{builder}:build")
     warnings = loaded.provenance.weights["warnings"]
-    assert loaded.provenance.weights["weights_matched"] == "by name"
+    assert loaded.provenance.weights["weights_matched"] == "by topological order"
     assert len(warnings) == 2 and all("recurrent_activation='sigmoid' is Keras 3's default, but standalone Keras "
                                       "2.2.4, which wrote the weights, defaulted to 'hard_sigmoid'" in w
                                       for w in warnings)
@@ -225,13 +225,44 @@ def test_a_whole_tf_keras_h5_gives_its_weights_and_tf_keras_defaults_warn_nothin
     builder = _write(folder, "keras3_whole", KERAS3_DEFAULTS_BUILDER.replace("RESET_AFTER", "False"))
     loaded = load_model(str(whole), model_fn=f"{builder}:build")
     origin = loaded.provenance.to_dict()
-    assert origin["framework_version"] == tf_keras.__version__ and origin["weights_matched"] == "by name"
+    assert origin["framework_version"] == tf_keras.__version__ and origin["weights_matched"] == "by topological order"
     assert origin["warnings"] == []  # sigmoid is tf.keras 2.x's default as well as Keras 3's
     for name in ("embedding", "lstm", "gru", "dense"):
         for got, want in zip(loaded.model.get_layer(name).get_weights(), original.get_layer(name).get_weights()):
             np.testing.assert_array_equal(got, want)
     with pytest.raises(ModelError, match="is a whole model: it needs no --model_fn"):
         load_model(str(tmp_path / "m.keras"), model_fn=f"{builder}:build")
+
+
+def test_layers_in_another_order_are_matched_by_name(tmp_path):
+    import tf_keras
+
+    def two_branches(lib, first: str):
+        inputs = {"a": lib.Input((4,), name="a"), "b": lib.Input((5,), name="b")}
+        dense = {k: lib.layers.Dense(3, name=f"dense_{k}") for k in "ab"}
+        order = [first, "b" if first == "a" else "a"]
+        outputs = [dense[k](inputs[k]) for k in order]
+        return lib.Model([inputs[k] for k in order], lib.layers.Concatenate()(outputs))
+
+    tf_keras.utils.set_random_seed(2)
+    original = two_branches(tf_keras, "a")
+    path = tmp_path / "two.h5"
+    original.save_weights(str(path))
+    builder = _write(tmp_path, "two", """
+        import keras
+
+
+        def build():  # the b branch first: its Dense comes first in model.layers
+            inputs = {"a": keras.Input((4,)), "b": keras.Input((5,))}
+            dense = {k: keras.layers.Dense(3, name=f"dense_{k}") for k in "ab"}
+            outs = [dense[k](inputs[k]) for k in "ba"]
+            return keras.Model([inputs["b"], inputs["a"]], keras.layers.Concatenate()(outs))
+        """)
+    loaded = load_model(str(path), model_fn=f"{builder}:build")
+    assert loaded.provenance.weights["weights_matched"] == "by name"
+    for name in ("dense_a", "dense_b"):
+        for got, want in zip(loaded.model.get_layer(name).get_weights(), original.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_keras2_weights_warnings_reach_the_launch_log(keras2_weights, tmp_path, caplog):

@@ -68,10 +68,11 @@ def load_embedder(config: JobConfig):
 
     device = inference.configure_device(config.device)
     loaded = load_model(config.model, unsafe_deserialization=config.unsafe_deserialization, model_fn=config.model_fn)
-    launched = config.model_origin.get("builder_sha256")
-    if launched and loaded.provenance.weights.get("builder_sha256") != launched:
-        raise RuntimeError(f"--model_fn {config.model_fn}: this worker reads another file than the launcher did "
-                           "(sha256 differs); ship the builder as a module (MODULE:FUNCTION) instead")
+    for key in ("builder_sha256", "weights_matched"):  # the worker's build must be the launcher's
+        if config.model_origin.get(key) != loaded.provenance.weights.get(key):
+            raise RuntimeError(f"--model_fn {config.model_fn}: {key} is {loaded.provenance.weights.get(key)!r} on "
+                               f"this worker, {config.model_origin.get(key)!r} at launch: the worker builds another "
+                               "model; ship the builder as a module (MODULE:FUNCTION) that builds the same one")
     model = loaded.model
     # One line per load: the Flink test counts them per SDK worker process (pid).
     LOG.info("model loaded in process %d: %s", os.getpid(), config.model)

@@ -7,9 +7,9 @@ another shape is a ``ModelError`` naming the layer and both shapes, never a part
   paths, same shapes), then loaded by Keras 3 itself.
 - Keras 2 / tf.keras ``save_weights`` HDF5 (``layer_names``, ``weight_names`` and
   ``keras_version`` attributes; ``ModelCheckpoint(save_weights_only=True)``): matched to the model's
-  layers that hold weights *by name* when both hold the same layer names, else *by topological
-  order*, as Keras 2's ``load_weights`` does by default; weights in the legacy order (trainable,
-  then non-trainable, as both Kerases write them).
+  layers that hold weights *by topological order*, as Keras 2's ``load_weights`` does by default,
+  or, when that does not fit, *by name* where both hold the same layer names; weights in the legacy
+  order (trainable, then non-trainable, as both Kerases write them).
 - TensorFlow-format checkpoints (``ckpt.index`` + ``ckpt.data-*``): Keras 3 cannot read them;
   refused, with how to convert one.
 
@@ -146,6 +146,9 @@ def _legacy_weights(layer) -> list:
 
 
 def _load_legacy(model, path: str) -> str:
+    """Topological order, as Keras 2's ``load_weights`` by default, when it fits; else by name, when the
+    file and the model hold the same layer names and that fits (the order does not depend on the names
+    Keras generates, which differ from one build to the next in one process). Returns which."""
     import h5py
     import numpy as np
 
@@ -158,13 +161,25 @@ def _load_legacy(model, path: str) -> str:
                 saved[name] = [(w, np.asarray(group[name][w])) for w in weight_names]
     layers = [layer for layer in model.layers if _legacy_weights(layer)]
     names = [layer.name for layer in layers]
-    if set(names) == set(saved) and len(set(names)) == len(names):
-        pairs, matched = [(layer, layer.name) for layer in layers], "by name"
-    elif len(layers) == len(saved):
-        pairs, matched = list(zip(layers, saved)), "by topological order"
+    if len(layers) == len(saved):
+        assign, problems = _pair(list(zip(layers, saved)), saved)
+        if not problems:
+            _assign(assign)
+            return "by topological order"
     else:
-        raise _mismatch(path, [f"the model has {len(layers)} layers with weights ({', '.join(names)}), the file "
-                               f"{len(saved)} ({', '.join(saved)}), and their names differ"])
+        problems = [f"the model has {len(layers)} layers with weights ({', '.join(names)}), the file {len(saved)} "
+                    f"({', '.join(saved)})"]
+    if set(names) == set(saved) and len(set(names)) == len(names):
+        assign, by_name = _pair([(layer, layer.name) for layer in layers], saved)
+        if not by_name:
+            _assign(assign)
+            return "by name"
+        problems = by_name
+    raise _mismatch(path, problems)
+
+
+def _pair(pairs: list, saved: dict) -> tuple[list, list[str]]:
+    """(variable, value) for every weight of the (model layer, file layer name) pairs, and the problems."""
     problems, assign = [], []
     for layer, saved_name in pairs:
         variables, values = _legacy_weights(layer), saved[saved_name]
@@ -179,11 +194,12 @@ def _load_legacy(model, path: str) -> str:
                 problems.append(f"{label}, weight {weight_name}: the model has shape {tuple(variable.shape)}, "
                                 f"the file {value.shape}" + _gru_hint(layer, value.shape))
             assign.append((variable, value))
-    if problems:
-        raise _mismatch(path, problems)
+    return assign, problems
+
+
+def _assign(assign: list) -> None:
     for variable, value in assign:
         variable.assign(value)
-    return matched
 
 
 def _gru_hint(layer, shape: tuple) -> str:
@@ -203,7 +219,7 @@ def keras2_defaults(version: str) -> tuple[str, str, bool]:
     are assumed (the warning says both)."""
     numbers = [int(p) for p in version.split("-")[0].split(".")[:3] if p.isdigit()]
     if "-tf" not in version and numbers < [2, 4]:
-        return f"standalone Keras {version}", "hard_sigmoid", False
+        return f"standalone Keras {version or '(version not recorded)'}", "hard_sigmoid", False
     if "-tf" in version and numbers < [2, 2, 4]:
         return f"tf.keras {version} (TF 1.x)", "hard_sigmoid", False
     if "-tf" in version and numbers == [2, 2, 4]:
