@@ -173,3 +173,25 @@ def test_inspect_lists_nested_recurrent_layers_with_their_paths(tmp_path):
     assert report["default_layer"] == "dec_lstm"
     text = render_text(report)
     assert "targetable layers (recurrent): 3/2:encoder/enc_lstm, " in text
+
+
+def test_long_docs_carry_reads_a_nested_target_window_by_window(saved):
+    """--long_docs carry through an inlined encoder: the same vectors as the encoder's LSTM over the
+    whole document in one pass (Keras, on an input as long as the longest document)."""
+    model = saved["siamese"]
+    rng = np.random.default_rng(7)
+    seqs = [rng.integers(1, VOCAB, size=n).tolist() for n in (3, MAXLEN, 2 * MAXLEN + 5, 40)]
+    embedder = Embedder(model, "encoder/lstm_1", "states", MAXLEN, padding="post", long_docs="carry")
+    out = embedder.embed(seqs)
+    assert out.windows.tolist() == [1, 1, 3, 4]
+    encoder = model.get_layer("encoder")
+    layer = encoder.get_layer("lstm_1")
+    config = {**layer.get_config(), "return_state": True, "name": "lstm_1_whole"}
+    clone = type(layer).from_config(config)
+    ids = keras.Input((None,), dtype="int32")
+    whole = clone(encoder.layers[0](ids))
+    clone.set_weights(layer.get_weights())
+    padded = keras.utils.pad_sequences(seqs, padding="post")
+    _, h, c = keras.Model(ids, whole).predict(padded, verbose=0)
+    np.testing.assert_allclose(out.columns["h"], h, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out.columns["c"], c, atol=1e-5, rtol=0)
