@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from beam_pipeline import engines, recurrent
+from beam_pipeline import engines, nested, recurrent
 from beam_pipeline.ragged import Ragged
 
 LOG = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Embedder:
         long_docs: str = "truncate",
         engine: str = "auto",
     ):
-        self.layer = recurrent.find_layer(model, layer_spec)
+        model, self.layer, _ = nested.locate(model, layer_spec)  # a nested target: the model inlined up to it
         model = recurrent.single_input_view(model, self.layer)  # a multi-input model: the text input's part
         self.model_for_windows = model
         self.info = recurrent.describe_layer(self.layer, model)

@@ -3,11 +3,15 @@ do with a model, before running it.
 
 Prints the model's layers in order (index into ``model.layers``, which is what ``--layer INDEX``
 counts, name, class, output shape, whether the layer supports masking and whether a mask reaches
-it); which layers ``--layer`` can target (the recurrent ones) and which one it targets when omitted
+it); which layers ``--layer`` can target (the recurrent ones, those inside nested models too, with
+their name path ``encoder/lstm_1`` and index path ``2/1``) and which one it targets when omitted
 (the last); for each of those and each ``--mode`` the Parquet columns the job writes, with their
 Arrow types and widths; the recurrent weight arrays with their gate blocks; and, given a
 tokenizer, its vocabulary and a ``WARNING`` line when it can emit ids the first ``Embedding``
-cannot take (the job refuses that pair). ``--json`` prints the same content as one JSON document.
+cannot take (the job refuses that pair). For a model fed one-hot sequences, the id -> one-hot
+position rule (and a ``WARNING`` when the tokenizer maps a real token to id 0). With ``--model_fn``,
+the model that code builds with the weights of ``--model`` (and the warnings about Keras 2
+defaults). ``--json`` prints the same content as one JSON document.
 
 Exit status: 0 after a report (warnings included), 2 when a file is missing or cannot be loaded.
 """
@@ -25,10 +29,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pyarrow as pa  # noqa: E402
 
-from beam_pipeline import files, recurrent  # noqa: E402
+from beam_pipeline import files, nested, recurrent  # noqa: E402
 from beam_pipeline.keras_tokenizer import KerasTokenizer  # noqa: E402
 from beam_pipeline.model.checks import UnreadableModel  # noqa: E402
-from beam_pipeline.options import sides_that_matter  # noqa: E402
+from beam_pipeline.options import one_hot_rule, one_hot_warnings, sides_that_matter  # noqa: E402
 from transforms.write import schema  # noqa: E402
 
 # Columns the job writes before the embedding columns, whatever the layer and mode.
@@ -52,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="Print one JSON document instead of text.")
     parser.add_argument("--unsafe_deserialization", action="store_true",
                         help="Load models holding Python code (Lambda layers). Only for files you trust.")
+    parser.add_argument("--model_fn", default=None, metavar="MODULE:FUNCTION|FILE.py:FUNCTION",
+                        help="Runs YOUR code: the function that builds the Keras 3 model whose weights-only file "
+                             "--model is. Only for code you trust.")
     return parser
 
 
@@ -64,11 +71,11 @@ def _require(path: str, flag: str) -> None:
         raise InspectError(f"--{flag} file not found: {path}")
 
 
-def _load(path: str, unsafe_deserialization: bool):
+def _load(path: str, unsafe_deserialization: bool, model_fn: str | None = None):
     from beam_pipeline.model import load_model
 
     try:
-        return load_model(path, unsafe_deserialization=unsafe_deserialization)
+        return load_model(path, unsafe_deserialization=unsafe_deserialization, model_fn=model_fn)
     except UnreadableModel as e:
         raise InspectError(f"--model {path}: {e}") from e
     except recurrent.ModelError as e:
@@ -124,9 +131,14 @@ def _columns(info: recurrent.LayerInfo) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _recurrent_entry(index: int, layer, model) -> dict[str, Any]:
-    entry: dict[str, Any] = {"index": index, "name": layer.name}
+def _recurrent_entry(target: nested.Target, model) -> dict[str, Any]:
+    top = len(target.chain) == 1
+    entry: dict[str, Any] = {"index": int(target.index_path) if top else target.index_path, "name": target.layer.name,
+                             "path": target.path}
     try:
+        if not top:
+            model = recurrent.single_input_view(nested.inline(model, target.chain), target.layer)
+        layer = target.layer
         info = recurrent.describe_layer(layer, model)
         weights = recurrent.weight_table(layer, model)
     except recurrent.ModelError as e:
@@ -151,7 +163,7 @@ def _pad_flags(info: recurrent.LayerInfo, takes_text: bool) -> dict[str, str]:
     return out
 
 
-def _tokenizer_entry(path: str, model, default_layer) -> tuple[dict[str, Any], list[str]]:
+def _tokenizer_entry(path: str, model, default_layer, depth: int | None) -> tuple[dict[str, Any], list[str]]:
     try:
         tokenizer = KerasTokenizer.from_json(files.read_bytes(path).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -173,18 +185,23 @@ def _tokenizer_entry(path: str, model, default_layer) -> tuple[dict[str, Any], l
         f"ids >= {input_dim} would fail, and the job refuses this pair. Use the tokenizer the model was trained "
         f"with, or one saved with num_words <= {input_dim}."
     ]
+    if depth is not None:
+        warnings += one_hot_warnings(tokenizer.word_index, depth)
     return entry, warnings
 
 
-def build_report(model_path: str, tokenizer_path: str | None = None, unsafe_deserialization: bool = False) -> dict:
+def build_report(model_path: str, tokenizer_path: str | None = None, unsafe_deserialization: bool = False,
+                 model_fn: str | None = None) -> dict:
     """Everything ``main`` prints, as plain data. Raises ``InspectError`` for missing or unreadable files."""
-    _require(model_path, "model")
+    if not model_fn:
+        _require(model_path, "model")
     if tokenizer_path:
         _require(tokenizer_path, "tokenizer")
-    loaded = _load(model_path, unsafe_deserialization)
+    loaded = _load(model_path, unsafe_deserialization, model_fn)
     model = loaded.model
-    targets = recurrent.recurrent_layers(model)
-    default = targets[-1][1] if targets else None
+    targets = nested.targets(model)
+    top = [t for t in targets if len(t.chain) == 1]
+    default = (top or targets)[-1] if targets else None
     layers = [
         {
             "index": i,
@@ -205,18 +222,24 @@ def build_report(model_path: str, tokenizer_path: str | None = None, unsafe_dese
             "inputs": [{"name": t.name, "shape": _shape(t.shape), "dtype": str(t.dtype)} for t in model.inputs],
         },
         "layers": layers,
-        "default_layer": default.name if default is not None else None,
-        "recurrent_layers": [_recurrent_entry(i, layer, model) for i, layer in targets],
+        "default_layer": default.path if default is not None else None,
+        "recurrent_layers": [],
         "leading_columns": LEADING_COLUMNS,
         "dtype": DTYPE,
         "tokenizer": None,
-        "warnings": [],
+        "warnings": list(loaded.provenance.weights.get("warnings", [])),
+        "one_hot": None,
     }
+    report["recurrent_layers"] = [_recurrent_entry(t, model) for t in targets]  # after the listing: views add calls
+    depth = recurrent.one_hot_depth(model)
+    if depth is not None:
+        report["one_hot"] = {"depth": depth, "rule": one_hot_rule(depth)}
     if not targets:
         report["warnings"].append("the model has no recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional): "
                                   "the job cannot use it")
     if tokenizer_path:
-        report["tokenizer"], warnings = _tokenizer_entry(tokenizer_path, model, default)
+        report["tokenizer"], warnings = _tokenizer_entry(tokenizer_path, model, default.layer if default else None,
+                                                         depth)
         report["warnings"].extend(warnings)
     return report
 
@@ -242,7 +265,12 @@ def render_text(report: dict) -> str:
     lines.append(f"  saved by {origin['framework']} {origin['framework_version'] or '(version not recorded)'}, "
                  f"format {origin['format']}; translations applied: {len(origin['translations']) or 'none'}")
     lines += [f"    {t['layer']}: {t['rule']}: {t['change']}" for t in origin["translations"]]
+    for key in ("builder", "weights_matched", "weights_sha256"):
+        if key in origin:
+            lines.append(f"  {key.replace('_', ' ')}: {origin[key]}")
     lines += [f"  input {t['name']}: shape {_fmt_shape(t['shape'])}, {t['dtype']}" for t in model["inputs"]]
+    if report["one_hot"] is not None:
+        lines.append(f"  one-hot input of depth {report['one_hot']['depth']}: {report['one_hot']['rule']}")
     lines += ["", "layers (--layer takes the name or the index):"]
     rows = [["index", "name", "class", "output shape", "supports masking", "receives mask", ""]]
     for layer in report["layers"]:
@@ -261,11 +289,13 @@ def render_text(report: dict) -> str:
     targets = report["recurrent_layers"]
     lines.append("")
     lines.append("targetable layers (recurrent): "
-                 + (", ".join(f"{t['index']}:{t['name']}" for t in targets) if targets else "none"))
+                 + (", ".join(f"{t['index']}:{t['path']}" for t in targets) if targets else "none"))
+    if any("/" in t["path"] for t in targets):
+        lines.append("  (a layer inside a nested model: --layer takes its index path or its name path)")
     if report["default_layer"] is not None:
         lines.append(f"default layer (no --layer): {report['default_layer']} (the last recurrent layer)")
     for t in targets:
-        lines += ["", f"layer {t['index']}: {t['name']}"]
+        lines += ["", f"layer {t['index']}: {t['path']}"]
         if "error" in t:
             lines.append(f"  cannot be targeted: {t['error']}")
             continue
@@ -303,7 +333,7 @@ def render_text(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        report = build_report(args.model, args.tokenizer, args.unsafe_deserialization)
+        report = build_report(args.model, args.tokenizer, args.unsafe_deserialization, args.model_fn)
     except InspectError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

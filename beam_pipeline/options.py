@@ -8,14 +8,16 @@ message, before any worker starts.
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import asdict, dataclass, field
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import __version__, engines, files, recurrent
+from beam_pipeline import __version__, engines, files, nested, recurrent
 from beam_pipeline.model.checks import UnreadableModel
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
+LOG = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -55,9 +57,16 @@ class EmbeddingOptions(PipelineOptions):
 
         group = parser.add_argument_group("model")
         group.add_argument("--model", metavar="PATH",
-                           help="Required. .keras or .h5 model file, or a tf.keras SavedModel folder (local or gs://).")
+                           help="Required. .keras or .h5 model file, or a tf.keras SavedModel folder (local or gs://); "
+                                "with --model_fn, a weights-only file (Keras 3 .weights.h5, Keras 2 save_weights .h5).")
+        group.add_argument("--model_fn", default=None, metavar="MODULE:FUNCTION|FILE.py:FUNCTION",
+                           help="Runs YOUR code: the function (no arguments) that builds the uncompiled Keras 3 model "
+                                "whose weights --model holds. MODULE: importable on every worker (--setup_file, a "
+                                "custom container); FILE.py: only where the workers read this machine's files "
+                                "(DirectRunner, a local cluster). Only for code you trust.")
         group.add_argument("--layer", default=None,
-                           help="Target layer, name or index into model.layers. Default: the last recurrent layer.")
+                           help="Target layer: name or index into model.layers, or a path into nested models "
+                                "(encoder/lstm_1, 2/1). Default: the last recurrent layer.")
         group.add_argument("--mode", default="final", choices=recurrent.MODES,
                            help="final: the layer's output vector; sequence: one vector per real token; "
                                 "states: the final h (and c) states.")
@@ -219,6 +228,7 @@ class JobConfig:
     row_group_bytes: int
     overwrite: bool
     unsafe_deserialization: bool
+    model_fn: str | None = None  # --model_fn: the builder of a weights-only --model
     layer_info: dict = field(default_factory=dict)
     model_sha256: str = ""
     model_origin: dict = field(default_factory=dict)  # model.Provenance.to_dict(): framework, format, translations
@@ -294,6 +304,9 @@ def _check_tokenizer(o: EmbeddingOptions, model, layer) -> tuple[str, int | None
             f"the model takes a one-hot input of depth {depth} but the tokenizer can emit ids up to "
             f"{tokenizer.max_id()}: use the tokenizer the model was trained with."
         )
+    if depth is not None:
+        for warning in one_hot_warnings(tokenizer.word_index, depth):
+            LOG.warning("%s", warning)
     input_dim = recurrent.embedding_input_dim(model, layer)
     if input_dim is not None and tokenizer.max_id() >= input_dim:
         raise ConfigError(
@@ -302,6 +315,23 @@ def _check_tokenizer(o: EmbeddingOptions, model, layer) -> tuple[str, int | None
             f"with, or one saved with num_words <= {input_dim}."
         )
     return files.sha256_of(o.tokenizer), depth
+
+
+def one_hot_rule(depth: int) -> str:
+    """How the job turns token ids into the one-hot vectors of a model fed ``(timesteps, depth)``."""
+    return (f"token id k -> one-hot position k (a vector of {depth} with a 1 at k), for 1 <= k < {depth}; id 0 is "
+            "padding, fed as the all-zero vector (position 0 is never set)")
+
+
+def one_hot_warnings(word_index: dict[str, int], depth: int) -> list[str]:
+    """A warning when the tokenizer maps a real token to id 0: its one-hot position is never set."""
+    zero = sorted(word for word, index in word_index.items() if index == 0)
+    if not zero:
+        return []
+    return [f"the tokenizer maps {len(zero)} token(s) to id 0 ({', '.join(map(repr, zero[:5]))}): the job feeds id 0 "
+            f"as the all-zero vector (padding), so one-hot position 0 is never set for them. A legacy Keras "
+            f"Tokenizer numbers words from 1; if the model was trained with position 0 set for these tokens, "
+            f"re-number the word index from 1 (and the model's input from it)."]
 
 
 def _check_text_model(o: EmbeddingOptions, model) -> tuple[int, None, None]:
@@ -388,7 +418,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         files.match(list(o.input))
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from e
-    if not files.exists_file_or_folder(o.model):
+    if not o.model_fn and not files.exists_file_or_folder(o.model):
         raise ConfigError(f"--model file not found: {o.model}")
     if o.tokenizer and not files.exists(o.tokenizer):
         raise ConfigError(f"--tokenizer file not found: {o.tokenizer}")
@@ -396,14 +426,16 @@ def resolve(options: PipelineOptions) -> JobConfig:
     from beam_pipeline.model import load_model
 
     try:
-        loaded = load_model(o.model, unsafe_deserialization=o.unsafe_deserialization)
+        loaded = load_model(o.model, unsafe_deserialization=o.unsafe_deserialization, model_fn=o.model_fn)
     except UnreadableModel as e:
         raise ConfigError(f"--model {o.model}: {e}") from e
     except recurrent.ModelError as e:
         raise ConfigError(str(e)) from e
+    for warning in loaded.provenance.weights.get("warnings", []):
+        LOG.warning("--model %s: %s", o.model, warning)
     model = loaded.model
     try:
-        layer = recurrent.find_layer(model, o.layer)
+        model, layer, layer_name = nested.locate(model, o.layer)
         model = recurrent.single_input_view(model, layer)
         info = recurrent.describe_layer(layer, model)
         if o.long_docs == "carry":
@@ -443,7 +475,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         output=o.output,
         model=o.model,
         tokenizer=o.tokenizer,
-        layer=info.name,
+        layer=layer_name,
         mode=o.mode,
         maxlen=maxlen,
         padding=padding,
@@ -465,6 +497,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         row_group_bytes=o.row_group_mb << 20,
         overwrite=o.overwrite,
         unsafe_deserialization=o.unsafe_deserialization,
+        model_fn=o.model_fn,
         layer_info=layer_info,
         model_sha256=files.sha256_of_file_or_folder(o.model),
         model_origin=loaded.provenance.to_dict(),

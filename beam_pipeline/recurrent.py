@@ -136,8 +136,8 @@ def _graph(model):
     return getattr(model, "_functional", None) or model
 
 
-def inbound_call(layer, model=None):
-    """(args, kwargs) with which ``layer`` is called in ``model``'s graph, mask included."""
+def _call_node(layer, model=None):
+    """The one node (call) of ``layer`` in ``model``'s graph."""
     nodes = list(getattr(layer, "_inbound_nodes", []))
     if model is not None and len(nodes) > 1:
         in_graph = {id(n) for group in getattr(_graph(model), "_nodes_by_depth", {}).values() for n in group}
@@ -146,7 +146,12 @@ def inbound_call(layer, model=None):
         raise ModelError(
             f"layer {layer.name!r} is called {len(nodes)} times in the model; the job needs a layer used exactly once."
         )
-    args = nodes[0].arguments
+    return nodes[0]
+
+
+def inbound_call(layer, model=None):
+    """(args, kwargs) with which ``layer`` is called in ``model``'s graph, mask included."""
+    args = _call_node(layer, model).arguments
     if len(args.args) != 1 or args.kwargs.get("initial_state") is not None:
         raise ModelError(f"layer {layer.name!r} is called with an initial state or several inputs; not supported.")
     return args.args, dict(args.kwargs)
@@ -168,10 +173,8 @@ def single_input_view(model, layer):
         raise ModelError(
             f"layer {layer.name!r} depends on {len(used)} of the model's {len(inputs)} inputs ({names}); this job "
             "feeds one input, the token ids. Target a recurrent layer that reads the text input only.")
-    try:
-        outputs = layer.output
-    except (AttributeError, ValueError):  # a layer called more than once
-        outputs = layer._inbound_nodes[0].output_tensors
+    outputs = _call_node(layer, model).outputs  # this model's call of a layer called elsewhere too (nested)
+    outputs = outputs[0] if len(outputs) == 1 else outputs
     return keras.Model(used[0], outputs, name=f"{model.name}__{used[0].name}")
 
 

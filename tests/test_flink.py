@@ -199,3 +199,46 @@ def test_flink_taskmanager_killed_mid_job_is_restarted_and_every_document_writte
     ids = helpers.read_output(str(out)).column("doc_id").to_pylist()
     assert len(ids) == len(set(ids)) == summary["embedded"] == len(docs)
     assert set(ids) == {d for d, _ in docs} and summary["accounted"]
+
+
+BUILDER_MODULE = "flink_siamese_builder"
+
+
+def test_flink_model_fn_module_shipped_with_setup_file(flink_cluster, small_job, flink_corpus, tmp_path, monkeypatch):
+    """``--model_fn MODULE:FUNCTION`` with a weights-only file on the cluster, the module shipped as
+    docs/models.md says: a package with a setup.py, ``--setup_file``; each SDK worker installs what
+    Beam staged (tests/flink_sdk_worker.py, as Beam's boot does). The module is nowhere else on the
+    workers' path. The rows equal the DirectRunner's (whose values tests/test_weights_only.py checks
+    against Keras)."""
+    import keras
+
+    package = tmp_path / "builder_package"
+    package.mkdir()
+    (package / "setup.py").write_text(
+        f'from setuptools import setup\n\nsetup(name="flink-siamese-builder", version="0.1", '
+        f'py_modules=["{BUILDER_MODULE}"])\n', encoding="utf-8")
+    (package / f"{BUILDER_MODULE}.py").write_text(f'''import keras
+
+
+def build():
+    encoder = keras.Sequential([keras.Input((32,), dtype="int32"), keras.layers.Embedding({small_job.vocab}, 8,
+                                mask_zero=True), keras.layers.LSTM(6, name="lstm_1")], name="encoder")
+    a, b = keras.Input((32,), dtype="int32"), keras.Input((32,), dtype="int32")
+    return keras.Model([a, b], keras.layers.Dense(1)(keras.layers.Subtract()([encoder(a), encoder(b)])))
+''', encoding="utf-8")
+    monkeypatch.syspath_prepend(str(package))  # the launcher imports it too: it checks the weights before the run
+    builder = __import__(BUILDER_MODULE)
+    keras.utils.set_random_seed(17)
+    weights = tmp_path / "siamese.weights.h5"
+    builder.build().save_weights(weights)
+    paths, docs = flink_corpus
+    base = ["--input", *paths, "--model", weights, "--model_fn", f"{BUILDER_MODULE}:build", "--tokenizer",
+            small_job.tokenizer, "--layer", "encoder/lstm_1", "--mode", "states", *JOB_FLAGS]
+    direct = helpers.run_job([*base, "--output", tmp_path / "direct" / "emb"])
+    flink = helpers.run_job([*base, "--output", tmp_path / "flink" / "emb", "--setup_file", package / "setup.py",
+                             *flink_cluster.runner_args()])
+    _assert_same_rows(_rows(str(tmp_path / "flink" / "emb")), _rows(str(tmp_path / "direct" / "emb")))
+    assert flink["accounted"] and flink["embedded"] == direct["embedded"] == len(docs) + len(NO_TOKEN)
+    assert flink["embedding_job"]["model_origin"]["builder"] == f"{BUILDER_MODULE}:build"
+    job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
+    assert job["state"] == "FINISHED"

@@ -71,7 +71,13 @@ def load_embedder(config: JobConfig):
     from beam_pipeline.model import load_model
 
     device = inference.configure_device(config.device)
-    model = load_model(config.model, unsafe_deserialization=config.unsafe_deserialization).model
+    loaded = load_model(config.model, unsafe_deserialization=config.unsafe_deserialization, model_fn=config.model_fn)
+    for key in ("builder_sha256", "weights_matched"):  # the worker's build must be the launcher's
+        if config.model_origin.get(key) != loaded.provenance.weights.get(key):
+            raise RuntimeError(f"--model_fn {config.model_fn}: {key} is {loaded.provenance.weights.get(key)!r} on "
+                               f"this worker, {config.model_origin.get(key)!r} at launch: the worker builds another "
+                               "model; ship the builder as a module (MODULE:FUNCTION) that builds the same one")
+    model = loaded.model
     # One line per load: the Flink test counts them per SDK worker process (pid).
     LOG.info("model loaded in process %d: %s", os.getpid(), config.model)
     return inference.Embedder(

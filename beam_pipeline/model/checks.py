@@ -41,7 +41,7 @@ def _check_keras_archive(path: str) -> None:
                               f"(it holds: {', '.join(sorted(names)[:5]) or 'nothing'})")
 
 
-def _check_hdf5(path: str) -> None:
+def _check_hdf5(path: str, weights_only: bool = False) -> None:
     import h5py
 
     if not h5py.is_hdf5(path):
@@ -52,19 +52,23 @@ def _check_hdf5(path: str) -> None:
         raise UnreadableModel(f"an .h5 model is an HDF5 file, and this one is {what}")
     try:
         with h5py.File(path, "r") as f:
-            if "model_config" not in f.attrs and "model_weights" not in f:
-                raise UnreadableModel("the HDF5 file holds no model (no model_config): it may hold weights only "
-                                      "(save_weights); save the whole model with model.save")
+            if not weights_only and "model_config" not in f.attrs and "model_weights" not in f:
+                raise UnreadableModel("the HDF5 file holds no model (no model_config): it holds weights only "
+                                      "(save_weights): pass the code that builds the model with --model_fn, or save "
+                                      "the whole model with model.save")
     except OSError as e:
         raise UnreadableModel(f"the HDF5 file cannot be read ({e}): it is probably cut short. Copy it again.") from e
 
 
-def check_model_file(path: str) -> None:
+def check_model_file(path: str, weights_only: bool = False) -> None:
     """Raises ``UnreadableModel`` saying what is wrong when the local file at ``path`` cannot be a
-    ``.keras`` or ``.h5`` model; returns quietly otherwise (Keras may still refuse its contents)."""
+    ``.keras`` or ``.h5`` model (``weights_only``: an HDF5 weights file, whatever its name); returns
+    quietly otherwise (Keras may still refuse its contents)."""
     if os.path.getsize(path) == 0:
         raise UnreadableModel("the file is empty")
-    if path.endswith(".keras"):
+    if weights_only:
+        _check_hdf5(path, weights_only=True)
+    elif path.endswith(".keras"):
         _check_keras_archive(path)
     elif path.endswith((".h5", ".hdf5")):
         _check_hdf5(path)

@@ -18,6 +18,12 @@ Formats (``format`` in the provenance):
   config and weights are the ones tf_keras read, so the values equal those of the ``.h5`` of the
   same model. A folder holding a ``Lambda`` layer is refused unless ``unsafe_deserialization``.
 
+- ``weights.h5`` / ``h5 weights``: with ``model_fn`` (``--model_fn``), a weights-only file (Keras 3
+  ``.weights.h5``, or a Keras 2 / tf.keras ``save_weights`` HDF5) loaded into the model the user's
+  code builds (``builder.py``, ``weights.py``). The provenance records the weights file's sha256
+  and Keras version, the builder, how the weights were matched to layers, and the warnings about
+  Keras 2 defaults (``weights.keras2_warnings``).
+
 Keras' ``safe_mode`` stays on unless ``unsafe_deserialization`` is set.
 """
 
@@ -36,7 +42,7 @@ from beam_pipeline import files
 from beam_pipeline.model.checks import UnreadableModel, check_model_file
 from beam_pipeline.recurrent import ModelError
 
-FORMATS = ("keras", "h5", "savedmodel")
+FORMATS = ("keras", "h5", "savedmodel", "weights.h5", "h5 weights")
 _UNSAFE = ("Only if you trust this file, pass --unsafe_deserialization to load it.")
 
 
@@ -48,10 +54,13 @@ class Provenance:
     framework_version: str  # the keras_version the file records ("" when it records none)
     format: str  # one of FORMATS
     translations: tuple[dict[str, str], ...] = field(default=())  # {"layer", "rule", "change"} per rewrite
+    # With --model_fn: weights_sha256, builder (MODULE:FUNCTION or path:FUNCTION), builder_sha256 (path form),
+    # weights_matched (by name / by topological order / by structure), warnings (Keras 2 defaults).
+    weights: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"framework": self.framework, "framework_version": self.framework_version, "format": self.format,
-                "translations": [dict(t) for t in self.translations]}
+                "translations": [dict(t) for t in self.translations], **self.weights}
 
 
 @dataclass(frozen=True)
@@ -60,10 +69,14 @@ class LoadedModel:
     provenance: Provenance
 
 
-def load_model(path: str, unsafe_deserialization: bool = False) -> LoadedModel:
-    """Loads a ``.keras``, ``.h5`` or SavedModel folder, local or ``gs://``, for inference.
+def load_model(path: str, unsafe_deserialization: bool = False, model_fn: str | None = None) -> LoadedModel:
+    """Loads a ``.keras``, ``.h5`` or SavedModel folder, local or ``gs://``, for inference; with
+    ``model_fn`` (``MODULE:FUNCTION`` or ``path.py:FUNCTION``), the model that function builds, its
+    weights read from the weights-only file at ``path``.
 
     Raises ``ModelError`` (naming ``path``) for a missing, unsupported or refused model."""
+    if model_fn:
+        return _load_weights_only(path, model_fn)
     if not files.exists_file_or_folder(path):
         raise ModelError(f"model file not found: {path}")
     with files.local_file_or_folder(path) as local:
@@ -75,6 +88,34 @@ def load_model(path: str, unsafe_deserialization: bool = False) -> LoadedModel:
             raise
         except ModelError as e:
             raise ModelError(str(e).replace(local, path)) from e
+
+
+def _load_weights_only(path: str, model_fn: str) -> LoadedModel:
+    from beam_pipeline.model import builder, weights
+
+    spec = builder.parse(model_fn)
+    if path.endswith(".keras") or (not files.is_remote(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))):
+        raise ModelError(f"--model {path} is a whole model: it needs no --model_fn (which is for weights-only files)")
+    if not files.is_remote(path):
+        prefix = weights.checkpoint_prefix(path)
+        if prefix is not None:
+            raise weights.refuse_checkpoint(path, prefix)
+    if not files.exists(path):
+        raise ModelError(f"--model weights file not found: {path}")
+    model = builder.build(spec)
+    with files.local_file_or_folder(path) as local:
+        try:
+            check_model_file(local, weights_only=True)
+            framework, version, matched = weights.load(model, local)
+        except ModelError as e:
+            raise ModelError(str(e).replace(local, path)) from e
+        sha = files.sha256_of_file_or_folder(local)
+    warnings = weights.keras2_warnings(model, version) if framework == "keras 2" else []
+    origin = {"weights_sha256": sha, "builder": spec.spec, "weights_matched": matched, "warnings": warnings}
+    if spec.path is not None:
+        origin["builder_sha256"] = spec.sha256
+    fmt = "weights.h5" if matched.startswith("by structure") else "h5 weights"
+    return LoadedModel(model, Provenance(framework, version, fmt, (), origin))
 
 
 def _load_local(path: str, unsafe: bool) -> LoadedModel:

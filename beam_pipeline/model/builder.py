@@ -1,0 +1,98 @@
+"""``--model_fn``: the user's own code that builds the model a weights-only file belongs to.
+
+Running it is the user's decision, as ``--unsafe_deserialization`` is: nothing is imported unless
+``--model_fn`` names it, and only what it names.
+
+- ``MODULE:FUNCTION``: an importable module (installed, or shipped to the workers with
+  ``--setup_file`` / a custom container). Works on every runner.
+- ``path/to/file.py:FUNCTION``: that one file, imported by path (its folder is *not* put on
+  ``sys.path``: the file may import installed packages only). Works where the workers read the
+  same file system as the launcher: the DirectRunner, and a Flink or Spark cluster on this
+  machine. Its sha256 is recorded at launch, and a worker that reads another file refuses it.
+
+``FUNCTION`` takes no required argument and returns an uncompiled Keras 3 model, built (with an
+``Input``), whose weights the weights file then fills.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+
+from beam_pipeline.recurrent import ModelError
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_FUNCTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Builder:
+    """A parsed ``--model_fn``: a module or a ``.py`` path, and the function in it."""
+
+    spec: str  # as given
+    function: str
+    module: str | None = None
+    path: str | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        """The sha256 of the file (path form), else None."""
+        if self.path is None:
+            return None
+        with open(self.path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+
+def parse(spec: str) -> Builder:
+    """``MODULE:FUNCTION`` or ``path/to/file.py:FUNCTION``; raises ``ModelError`` saying which form is expected."""
+    where, _, function = spec.rpartition(":")
+    usage = ("--model_fn takes MODULE:FUNCTION (an importable module) or path/to/file.py:FUNCTION, "
+             f"got {spec!r}")
+    if not where or not _FUNCTION.fullmatch(function):
+        raise ModelError(usage)
+    if where.endswith(".py"):
+        if not os.path.isfile(where):
+            raise ModelError(f"--model_fn {spec}: file not found: {where} (a path works where the workers read the "
+                             "launcher's files; elsewhere ship the code as a module and use MODULE:FUNCTION)")
+        return Builder(spec, function, path=where)
+    if not _MODULE.fullmatch(where):
+        raise ModelError(usage)
+    return Builder(spec, function, module=where)
+
+
+def build(builder: Builder):
+    """Imports the builder, calls it, and returns the Keras 3 model it builds. Raises ``ModelError``
+    when it cannot be imported, fails, or does not return a built Keras 3 model."""
+    import keras
+
+    try:
+        if builder.path is not None:
+            name = "beam_pipeline_model_fn_" + re.sub(r"\W", "_", os.path.basename(builder.path)[:-3])
+            module_spec = importlib.util.spec_from_file_location(name, builder.path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(builder.module)
+    except Exception as e:
+        raise ModelError(f"--model_fn {builder.spec}: cannot import {builder.path or builder.module}: "
+                         f"{type(e).__name__}: {e}") from e
+    function = getattr(module, builder.function, None)
+    if not callable(function):
+        raise ModelError(f"--model_fn {builder.spec}: {builder.path or builder.module} has no function "
+                         f"{builder.function!r}")
+    try:
+        model = function()
+    except Exception as e:
+        raise ModelError(f"--model_fn {builder.spec}: the function raised {type(e).__name__}: {e}") from e
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"--model_fn {builder.spec}: returned a {type(model).__module__}.{type(model).__name__}, "
+                         "not a Keras 3 model (build it with `import keras`, Keras 3; a tf_keras model cannot run "
+                         "here)")
+    if not model.built or not getattr(model, "inputs", None):
+        raise ModelError(f"--model_fn {builder.spec}: the model is not built; give it an Input "
+                         "(keras.Input(shape) as the first layer or the functional model's input)")
+    return model
