@@ -56,12 +56,13 @@ def _table(schema, ids) -> pa.Table:
 
 
 def _write_shards(sink, schema, name: str, n: int):
-    """(init result, writer results) of ``n`` writers of ``sink``, each writing one row ``name-i``."""
+    """(init result, writer results) of ``n`` writers of ``sink``, each writing one row ``name-i`` (a
+    record of the job's sink is a table and its documents per engine)."""
     init = sink.initialize_write()
     results = []
     for i in range(n):
         writer = sink.open_writer(init, f"{name}{i}")
-        writer.write(_table(schema, [f"{name}-{i}"]))
+        writer.write((_table(schema, [f"{name}-{i}"]), {"keras": 1}))
         results.append(writer.close())
     return init, results
 
