@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_pipeline.keras_tokenizer import KerasTokenizer
-from beam_pipeline.python_lower import code_points, lower_like_python, prepare
+from beam_pipeline.python_lower import code_points, lower_like_python
 from beam_pipeline.word_table import PAD, WordTable, padded
 
 __all__ = ["BatchTokenizer", "truncate"]
@@ -85,8 +85,8 @@ class BatchTokenizer:
         # so that both paths share one rule.
         lookup: dict[str, int] = tokenizer._lookup
         self._oov: int | None = tokenizer._oov_id
-        if tokenizer.lower:
-            prepare()
+        # The Unicode lowering tables (python_lower, ~1 s of CPU) are built by the first batch holding
+        # text that is not ASCII: an ASCII corpus never pays for them, and start-up is not delayed.
         if tokenizer.char_level:
             singles = {ord(ch): i for ch, i in lookup.items() if len(ch) == 1}
             # indexed by code point; the last entry (-1) is where np.take clips every larger one

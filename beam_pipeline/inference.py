@@ -51,7 +51,7 @@ class EmbeddedBatch:
     padded_timesteps: int  # timesteps the model computed: rows x width, or what a padding-prefix engine ran
     seconds: float
     windows: np.ndarray | None = None  # (B,) int32 windows read per document (--long_docs carry)
-    engines: np.ndarray | None = None  # (B,) str objects: each document's engine (padding-only ones: "keras")
+    engines: np.ndarray | None = None  # (B,) uint8: each document's engine (engines.NAMES; padding-only: keras)
 
 
 def configure_device(device: str) -> str:
@@ -262,7 +262,7 @@ class Embedder:
             columns = {name: np.stack([f[j] for f in finals]).astype(np.float32)
                        for j, name in enumerate(self.column_names)}
         return EmbeddedBatch(lengths, columns, offsets, padded_timesteps, seconds, windows,
-                             np.full(len(seqs), "keras", dtype=object))
+                             engines.codes("keras", len(seqs)))
 
     def _one_hot_numpy(self, batch: np.ndarray) -> np.ndarray:
         if not self.one_hot_depth:
@@ -419,11 +419,11 @@ class Embedder:
                     column[keep] = out.columns[name]
                 columns[name] = column
         # Documents with no token: Keras' value for padding alone, eagerly (see empty_value); none in sequence.
-        engines = np.full(len(seqs), "keras", dtype=object)
+        row_engines = engines.codes("keras", len(seqs))
         if out is not None:
-            engines[keep] = out.engines
+            row_engines[keep] = out.engines
         return EmbeddedBatch(lengths, columns, offsets, out.padded_timesteps if out else 0,
-                             out.seconds if out else 0.0, windows, engines)
+                             out.seconds if out else 0.0, windows, row_engines)
 
     def _embed_batch(self, seqs) -> EmbeddedBatch:
         """Vectors for documents that all hold at least one token."""
@@ -452,4 +452,4 @@ class Embedder:
         ran = self._last_engine.timesteps_run if self._last_engine is not None else None
         name = self._last_engine.name if self._last_engine is not None else "keras"
         return EmbeddedBatch(lengths, columns, offsets, int(batch.size) if ran is None else ran, seconds,
-                             engines=np.full(len(seqs), name, dtype=object))
+                             engines=engines.codes(name, len(seqs)))

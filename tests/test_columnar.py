@@ -1,18 +1,18 @@
 """The columnar data path: one Beam element is a batch of documents (``transforms.batch.DocBatch``).
 
 The batch operations are checked row by row against the per-document lists they replace; a real job
-run writes each document's ``text_hash`` (BLAKE2b-128 of its UTF-8 text, computed here with hashlib)
+run writes each document's ``text_hash`` (XXH3-128 of its UTF-8 text, computed here by the xxhash library)
 and says, in its summary and in every Parquet footer, how many documents each engine computed; a
 local run is pinned to the in-process FnApiRunner."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,13 +62,13 @@ def test_a_sliced_batch_pickles_only_its_own_documents():
     assert len(pickle.dumps(batch.slice(0, 10))) < len(pickle.dumps(batch)) / 50
 
 
-def test_hash_texts_is_blake2b_128_of_the_utf8_bytes():
+def test_hash_texts_is_xxh3_128_of_the_utf8_bytes():
     texts = ["", "fox", "naïve café ☕", "İstanbul Σ", "a" * 10000]
     arrays = [pa.array(texts, pa.string()), pa.array(texts, pa.large_string()), pa.array(["x", *texts]).slice(1)]
     for array in arrays:
         got = hash_texts(array)
         assert got.shape == (len(texts), 16) and got.dtype == np.uint8
-        assert [bytes(h) for h in got] == [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts]
+        assert [bytes(h) for h in got] == [xxhash.xxh3_128_digest(t.encode()) for t in texts]
 
 
 def test_a_local_run_is_pinned_to_the_fnapi_runner():
@@ -92,7 +92,7 @@ def test_job_writes_text_hashes_and_counts_documents_per_engine(small_job, tmp_p
     assert summary["read"] == summary["embedded"] == len(docs) and summary["accounted"]
     table = helpers.read_output(str(out), text_hash=True)
     by_id = dict(zip(table.column("doc_id").to_pylist(), table.column("text_hash").to_pylist()))
-    assert by_id == {d: hashlib.blake2b(t.encode(), digest_size=16).digest() for d, t in docs}
+    assert by_id == {d: xxhash.xxh3_128_digest(t.encode()) for d, t in docs}
 
     # Documents with no token get Keras' value for padding alone; every other one ran on the forced engine.
     empty = sum(1 for _, t in docs if not t.strip("?! "))

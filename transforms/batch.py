@@ -106,11 +106,12 @@ def concat(parts: list[DocBatch]) -> DocBatch:
 
 
 def hash_texts(texts: pa.Array) -> np.ndarray:
-    """``(B, 16)`` uint8: BLAKE2b with a 16-byte digest of each text's UTF-8 bytes (~1 µs per
-    document: one hashlib call each, on the Arrow bytes)."""
-    import hashlib
+    """``(B, 16)`` uint8: XXH3-128 of each text's UTF-8 bytes (its canonical big-endian digest, as
+    ``xxhash.xxh3_128_digest`` gives it; the algorithm is frozen since xxHash 0.8.0). A
+    non-cryptographic hash: it tells an edited text from the one before, it is no defence against
+    texts crafted to collide. ~0.3 µs per document (blake2b, measured the same way: 0.8)."""
+    import xxhash
 
-    blake2b = hashlib.blake2b
     binary = texts.cast(pa.large_binary() if pa.types.is_large_string(texts.type) else pa.binary())
-    digests = b"".join([blake2b(b, digest_size=16).digest() for b in binary.to_pylist()])
+    digests = b"".join(map(xxhash.xxh3_128_digest, binary.to_pylist()))
     return np.frombuffer(digests, dtype=np.uint8).reshape(len(texts), 16).copy()

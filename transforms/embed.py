@@ -42,6 +42,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils import shared
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_pipeline.engines import count_codes
 from beam_pipeline.options import JobConfig
 from beam_pipeline.ragged import Ragged
 from transforms.batch import BATCH_DOCS, DocBatch, concat
@@ -213,8 +214,8 @@ class EmbedBatches(beam.DoFn):
                     doc_id, "embed", "inference_failed", {"doc_id": doc_id, "input": ids}, detail))
             return
         Metrics.counter(NAMESPACE, "batches").inc()
-        ran = out.engines[out.lengths > 0]  # rows with no token all take Keras' padding-only value
-        for name in np.unique(ran) if ran.size else ("keras",):
+        ran = count_codes(out.engines[out.lengths > 0])  # rows with no token take Keras' padding-only value
+        for name in ran or ("keras",):
             Metrics.counter(NAMESPACE, f"batches_{name}").inc()
         Metrics.counter(NAMESPACE, "tokens").inc(int(out.lengths.sum()))
         Metrics.counter(NAMESPACE, "padded_timesteps").inc(out.padded_timesteps)

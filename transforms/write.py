@@ -3,7 +3,7 @@
 Columns: ``doc_id`` (string), ``num_tokens`` (int32), then by mode ``vector``
 (``fixed_size_list<float>[D]``), ``vectors`` (``list<fixed_size_list<float>[D]>``, one vector per
 real token) or the states ``h``, ``c`` / ``h_fw, c_fw, h_bw, c_bw`` (``fixed_size_list<float>[U]``),
-and last ``text_hash`` (``fixed_size_binary(16)``: BLAKE2b-128 of the text's UTF-8 bytes, what an
+and last ``text_hash`` (``fixed_size_binary(16)``: XXH3-128 of the text's UTF-8 bytes, what an
 incremental run compares). Every file carries the key/value metadata ``embedding_job``: JSON that
 says what the numbers are, and ``embedding_engines``: how many of the file's rows each engine computed.
 
@@ -168,8 +168,8 @@ class Rows:
 
     ``ids``: ``pa.string()`` array. ``columns``: per embedding column a ``(B, D)`` array, or for
     ``sequence`` one flat ``(sum(num_tokens), D)`` array whose rows ``offsets`` (``B + 1``) delimit per
-    document. ``text_hash``: ``(B, 16)`` uint8. ``engines``: ``(B,)`` str, the engine that computed
-    each document."""
+    document. ``text_hash``: ``(B, 16)`` uint8. ``engines``: ``(B,)`` uint8, the engine that computed
+    each document (its index in ``beam_pipeline.engines.NAMES``)."""
 
     ids: pa.Array
     num_tokens: np.ndarray
@@ -203,8 +203,9 @@ class Rows:
 
 def engine_counts(parts: list[Rows]) -> dict[str, int]:
     """Documents per engine in ``parts``."""
-    names, counts = np.unique(np.concatenate([p.engines for p in parts]), return_counts=True)
-    return {str(name): int(n) for name, n in zip(names, counts)}
+    from beam_pipeline.engines import count_codes
+
+    return count_codes(np.concatenate([p.engines for p in parts]))
 
 
 def _hash_array(parts: list[Rows]) -> pa.Array:

@@ -119,6 +119,22 @@ def context_for(model, layer, mode: str, maxlen: int, padding: str, device: str 
                    input_shape=tuple(model.inputs[0].shape[1:]), jit=jit)
 
 
+# Every engine's name, in a fixed order: a batch's rows carry the engine that computed each as its index
+# here (uint8 codes: counted with one bincount, carried through takes without Python strings).
+NAMES = ("keras", "xla", "onnx", "table")
+
+
+def codes(name: str, n: int) -> np.ndarray:
+    """``(n,)`` uint8: ``name``'s code, once per row."""
+    return np.full(n, NAMES.index(name), dtype=np.uint8)
+
+
+def count_codes(row_engines: np.ndarray) -> dict[str, int]:
+    """Documents per engine name in an array of codes (engines with none left out)."""
+    counts = np.bincount(row_engines, minlength=len(NAMES))
+    return {name: int(n) for name, n in zip(NAMES, counts) if n}
+
+
 def registry() -> dict[str, type[Engine]]:
     from beam_pipeline.engines.keras_graph import KerasEngine, XlaEngine
     from beam_pipeline.engines.onnx_rt import OnnxEngine
