@@ -8,7 +8,7 @@ Pins, and why:
 - numpy < 3 and pyarrow: what TF 2.21 and Beam 2.77 accept together.
 - h5py: reading (and patching) legacy tf.keras .h5 files.
 - tf-keras 2.21 (the tf.keras of TF 2.21): reads tf.keras SavedModel folders, which Keras 3 cannot load.
-- xxhash 3.x: XXH3-128, the text_hash column (frozen algorithm; ~3x cheaper per document than blake2b).
+- xxhash 3.x-4.x: XXH3-128, the text_hash column (frozen algorithm; ~3x cheaper per document than blake2b).
 - onnx 1.2x and onnxruntime 1.2x/1.3x: the ONNX Runtime inference engine (graph built from the layer
   weights, opset 17); tested with onnx 1.23 and onnxruntime 1.32.
 """
@@ -32,7 +32,7 @@ setup(
         "tf-keras>=2.21,<2.22",
         "onnx>=1.16,<2",
         "onnxruntime>=1.18,<2",
-        "xxhash>=3.3,<4",
+        "xxhash>=3.3,<5",
     ],
     extras_require={
         "test": [
