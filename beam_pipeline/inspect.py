@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from beam_pipeline import logs
+
+logs.quiet_start()
 
 import pyarrow as pa  # noqa: E402
 
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="Print one JSON document instead of text.")
     parser.add_argument("--unsafe_deserialization", action="store_true",
                         help="Load models holding Python code (Lambda layers). Only for files you trust.")
+    parser.add_argument("--log_level", default=logs.DEFAULT_LOG_LEVEL, choices=logs.LOG_LEVELS,
+                        help="Lowest level of TensorFlow, absl and Beam messages shown, as for the job "
+                             f"(default: {logs.DEFAULT_LOG_LEVEL}: no start-up lines).")
     return parser
 
 
@@ -302,6 +306,7 @@ def render_text(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logs.apply(args.log_level)
     try:
         report = build_report(args.model, args.tokenizer, args.unsafe_deserialization)
     except InspectError as e:

@@ -10,7 +10,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsDict, AsList, AsSingleton
 
-from beam_pipeline import files
+from beam_pipeline import dead_letters, files
 from beam_pipeline.options import JobConfig
 from transforms import errors, write
 from transforms.embed import Embed
@@ -51,7 +51,9 @@ def start_replacing(prefix: str) -> None:
 
 def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_reason: dict, written: list[str]):
     """Runs once after every shard and dead-letter file is in place (the sinks removed the previous
-    run's): writes ``PREFIX-summary.json``, the commit record listing every file of the output."""
+    run's): writes ``PREFIX-summary.json``, the commit record listing every file of the output.
+    More dead letters than ``--max_dead_letters`` allows: raises ``DeadLetterLimitExceeded`` instead,
+    the summary unwritten, so the runner fails the job and the output is never committed."""
     dead = sum(errors_by_reason.values())
     summary = {
         "read": sum(read),
@@ -63,7 +65,9 @@ def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_re
         "error_files": sorted(p for p in written if p.endswith(".jsonl")),
         "columns": {name: dim for name, dim in config.columns},
         "embedding_job": config.provenance(),
+        "max_dead_letters": config.max_dead_letters,
     }
+    dead_letters.check(config.max_dead_letters, sum(read), errors_by_reason, summary["error_files"])
     write_summary(summary_path(config.output), summary)
     yield summary
 
