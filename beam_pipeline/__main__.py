@@ -70,7 +70,8 @@ def metrics_of(result) -> dict:
 def run(argv: list[str] | None = None, prog: str = PROG) -> dict | None:
     """Runs the job; returns the summary (None when the runner runs it asynchronously).
 
-    An unknown argument or ``--help`` ends here with ``SystemExit`` (2 or 0), before any work."""
+    An unknown argument or ``--help`` ends here with ``SystemExit`` (2 or 0), before any work; a run
+    stopped by ``--max_dead_letters`` raises ``DeadLetterLimitExceeded``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         from beam_pipeline.demo import demo_argv
@@ -84,8 +85,15 @@ def run(argv: list[str] | None = None, prog: str = PROG) -> dict | None:
     check_output_prefix(config)
     sizes = files.match_sizes(list(config.inputs))
     start_replacing(config.output)
-    with beam.Pipeline(options=options) as p:
-        build(p, config, list(sizes), sizes)
+    dead_letters.forget_rejection(config.output)
+    try:
+        with beam.Pipeline(options=options) as p:
+            build(p, config, list(sizes), sizes)
+    except Exception as e:  # the runner's own error type, wrapping a worker's or not
+        message = dead_letters.rejection(config.output, e)
+        if message is None:
+            raise
+        raise dead_letters.DeadLetterLimitExceeded(message) from e
     result = p.result if hasattr(p, "result") else None
     if not files.exists(summary_path(config.output)):
         return None
@@ -159,11 +167,8 @@ def main() -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # the runner's own error type wraps the one raised on a worker
-        message = dead_letters.find_message(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
+    except dead_letters.DeadLetterLimitExceeded as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_DEAD_LETTER_LIMIT
     if summary is None:
         print("job submitted; its summary will be written to PREFIX-summary.json when it finishes")

@@ -2,17 +2,24 @@
 
 A limit is a count (``10``: at most 10 dead letters) or a percentage of the records read
 (``0.5%``: at most 0.5 % of them). It is checked where the summary, the output's commit record, is
-written (``pipeline._finalize``), so it holds on every runner: over the limit that step raises
-``DeadLetterLimitExceeded``, the runner fails the job, no ``PREFIX-summary.json`` is written and the
-dead-letter files stay for diagnosis. The launcher (``__main__``) finds ``MARKER`` in whatever
-exception the runner raises and exits with status 3.
+written (``pipeline._finalize``), so it holds on every runner: over the limit that step moves the
+dead-letter files to ``PREFIX-rejected-errors-*.jsonl``, writes ``PREFIX-rejected.json`` (why) and
+raises ``DeadLetterLimitExceeded``; the runner fails the job and no ``PREFIX-summary.json`` is
+written. The dead letters are moved because a runner may run the sinks' finalize again: Flink
+restarts the failed part of the job, and Beam's ``FileBasedSink.pre_finalize`` then deletes the
+files the first attempt finalized (its ``FinalizeWrite`` then fails: temp files gone). So the
+launcher (``__main__``) exits with status 3 when the run failed and the rejection record is there,
+whatever error the runner reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from decimal import Decimal
+
+from beam_pipeline import files
 
 MARKER = "dead-letter limit exceeded"
 TOP_REASONS = 3  # reasons named in the message, most frequent first
@@ -57,6 +64,54 @@ def check(limit: str | None, read: int, by_reason: dict[str, int], error_files: 
         f"({allowed(limit, read)} allowed); top reasons: {', '.join(f'{r} {n}' for r, n in top)}. "
         f"The output was not committed (no summary written); the dead letters are in {files or '(none)'}. "
         "Fix the input, or raise --max_dead_letters.")
+
+
+def rejection_path(prefix: str) -> str:
+    return f"{prefix}-rejected.json"
+
+
+def rejected_name(error_file: str) -> str:
+    """``PREFIX-errors-00000-of-00001.jsonl`` -> ``PREFIX-rejected-errors-00000-of-00001.jsonl``."""
+    head, _, tail = error_file.rpartition("-errors-")
+    return f"{head}-rejected-errors-{tail}"
+
+
+def enforce(limit: str | None, prefix: str, summary: dict) -> None:
+    """``check`` on a run's summary (``read``, ``errors_by_reason``, ``error_files``); over the limit,
+    moves the dead-letter files out of the sinks' reach (``rejected_name``; on a retry, those already
+    moved stay) and writes ``PREFIX-rejected.json`` (the message, the counts, the moved files) before
+    raising."""
+    moved = [rejected_name(p) for p in summary["error_files"]]
+    try:
+        check(limit, summary["read"], summary["errors_by_reason"], moved)
+    except DeadLetterLimitExceeded as e:
+        from apache_beam.io.filesystems import FileSystems
+
+        pending = [(src, dst) for src, dst in zip(summary["error_files"], moved) if files.exists(src)]
+        if pending:
+            FileSystems.rename([src for src, _ in pending], [dst for _, dst in pending])
+        record = {"rejected": str(e), **{k: summary[k] for k in ("read", "dead_lettered", "errors_by_reason",
+                                                                   "max_dead_letters")}, "error_files": moved}
+        with FileSystems.create(rejection_path(prefix)) as f:
+            f.write(json.dumps(record, indent=2, ensure_ascii=False).encode("utf-8"))
+        raise
+
+
+def forget_rejection(prefix: str) -> None:
+    """Called by the launcher before a run: a previous run's rejection record and the dead letters
+    it moved go."""
+    if files.exists(rejection_path(prefix)):
+        moved = json.loads(files.read_bytes(rejection_path(prefix))).get("error_files", [])
+        files.delete([p for p in moved if files.exists(p)] + [rejection_path(prefix)])
+
+
+def rejection(prefix: str, exception: BaseException) -> str | None:
+    """The limit's message when a run that raised ``exception`` was stopped by it: from the rejection
+    record this run wrote, else from the exception (the runner may wrap it in its own error and a
+    worker traceback); None when the run failed for another reason."""
+    if files.exists(rejection_path(prefix)):
+        return json.loads(files.read_bytes(rejection_path(prefix)))["rejected"]
+    return find_message(exception)
 
 
 def find_message(exception: BaseException) -> str | None:

@@ -52,8 +52,9 @@ def start_replacing(prefix: str) -> None:
 def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_reason: dict, written: list[str]):
     """Runs once after every shard and dead-letter file is in place (the sinks removed the previous
     run's): writes ``PREFIX-summary.json``, the commit record listing every file of the output.
-    More dead letters than ``--max_dead_letters`` allows: raises ``DeadLetterLimitExceeded`` instead,
-    the summary unwritten, so the runner fails the job and the output is never committed."""
+    More dead letters than ``--max_dead_letters`` allows: moves them to ``PREFIX-rejected-errors-*``,
+    writes ``PREFIX-rejected.json`` and raises ``DeadLetterLimitExceeded`` instead, the summary
+    unwritten, so the runner fails the job and the output is never committed."""
     dead = sum(errors_by_reason.values())
     summary = {
         "read": sum(read),
@@ -67,7 +68,7 @@ def _finalize(_, config: JobConfig, read: list[int], embedded: int, errors_by_re
         "embedding_job": config.provenance(),
         "max_dead_letters": config.max_dead_letters,
     }
-    dead_letters.check(config.max_dead_letters, sum(read), errors_by_reason, summary["error_files"])
+    dead_letters.enforce(config.max_dead_letters, config.output, summary)
     write_summary(summary_path(config.output), summary)
     yield summary
 

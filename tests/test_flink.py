@@ -115,7 +115,10 @@ def test_flink_dead_letter_limit_fails_the_job_or_commits_it(flink_cluster, smal
                                                              limit, status):
     """The corpus has 2 dead letters in 404 records. ``--max_dead_letters 1``: the job fails on the
     cluster, the command exits 3 naming count, limit and reasons, no summary, the dead letters are
-    written. ``1%`` (4 allowed): the job commits and the command warns once with the count."""
+    kept (as PREFIX-rejected-errors-*: Flink restarts the failed part of the job, whose sinks' pre-finalize
+    then deletes what the first attempt finalized, and fails in the Parquet sink's finalize; the launcher
+    knows the cause from PREFIX-rejected.json). ``1%`` (4 allowed): the job commits and the command warns
+    once with the count."""
     paths, docs = flink_corpus
     read = len(docs) + len(BAD_LINES)
     prefix = tmp_path / "emb"
@@ -125,7 +128,7 @@ def test_flink_dead_letter_limit_fails_the_job_or_commits_it(flink_cluster, smal
     done = subprocess.run([sys.executable, "-m", "beam_pipeline", *map(str, argv)], capture_output=True, text=True,
                           timeout=900, env=env)
     assert done.returncode == status, done.stderr[-4000:]
-    assert len(_dead_letters(str(prefix))) == 2
+    assert len(_dead_letters(str(prefix) + ("-rejected" if status == 3 else ""))) == 2
     job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
     if status == 3:
         assert job["state"] == "FAILED"
@@ -134,6 +137,7 @@ def test_flink_dead_letter_limit_fails_the_job_or_commits_it(flink_cluster, smal
         assert "over --max_dead_letters 1 (1 allowed)" in errors[0]
         assert "top reasons: invalid_json 1, missing_id 1" in errors[0]
         assert not os.path.exists(f"{prefix}-summary.json")
+        assert json.loads(open(f"{prefix}-rejected.json").read())["dead_lettered"] == 2
     else:
         assert job["state"] == "FINISHED"
         warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]

@@ -41,8 +41,9 @@ def _cli(*args) -> subprocess.CompletedProcess:
                           timeout=600, env=env, cwd=REPO)
 
 
-def _error_records(prefix: Path) -> list[dict]:
-    files = sorted(prefix.parent.glob(prefix.name + "-errors-*.jsonl"))
+def _error_records(prefix: Path, kind: str = "errors") -> list[dict]:
+    """The dead letters at ``prefix``: ``errors`` of a committed run, ``rejected-errors`` of a rejected one."""
+    files = sorted(prefix.parent.glob(f"{prefix.name}-{kind}-*.jsonl"))
     assert files, f"no dead-letter files at {prefix}"
     return [json.loads(line) for f in files for line in f.read_text().splitlines()]
 
@@ -82,8 +83,9 @@ def test_over_a_count_the_run_exits_3_writes_no_summary_and_keeps_the_dead_lette
     assert f"{BAD} of {GOOD + BAD} records read were dead-lettered (20.00%)" in errors[0]
     assert "over --max_dead_letters 9 (9 allowed)" in errors[0]
     assert "top reasons: invalid_json 8, missing_text 2" in errors[0], errors[0]
-    assert not (tmp_path / "out-summary.json").exists()
-    assert len(_error_records(prefix)) == BAD
+    assert not (tmp_path / "out-summary.json").exists() and (tmp_path / "out-rejected.json").exists()
+    assert len(_error_records(prefix, "rejected-errors")) == BAD
+    assert not list(tmp_path.glob("out-errors-*")), "moved out of the sinks' reach"
 
 
 def test_within_a_share_the_run_commits_and_warns_once_with_the_count(small_job, corpus, tmp_path):
@@ -97,15 +99,22 @@ def test_within_a_share_the_run_commits_and_warns_once_with_the_count(small_job,
     assert helpers.read_output(str(prefix)).num_rows == GOOD
 
 
-def test_over_a_share_the_runner_fails_and_nothing_is_committed(small_job, corpus, tmp_path):
-    """In process on the DirectRunner: the runner's error carries the limit's message."""
+def test_over_a_share_the_run_is_rejected_and_a_rerun_within_the_limit_commits(small_job, corpus, tmp_path):
+    """In process on the DirectRunner: ``run`` raises DeadLetterLimitExceeded, PREFIX-rejected.json
+    says why; the next run at the prefix, within its limit, removes it and commits."""
     prefix = tmp_path / "out"
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(dead_letters.DeadLetterLimitExceeded, match=r"over --max_dead_letters 19\.9% \(9 allowed\)"):
         helpers.run_job(small_job.argv(corpus, prefix, "--max_dead_letters", "19.9%"))
-    message = dead_letters.find_message(caught.value)
-    assert message is not None, caught.value
-    assert "over --max_dead_letters 19.9% (9 allowed)" in message
     assert not (tmp_path / "out-summary.json").exists()
+    assert len(_error_records(prefix, "rejected-errors")) == BAD
+    rejected = json.loads((tmp_path / "out-rejected.json").read_text())
+    assert rejected["error_files"] == [str(tmp_path / "out-rejected-errors-00000-of-00001.jsonl")]
+    assert rejected["rejected"].startswith(dead_letters.MARKER)
+    assert (rejected["read"], rejected["dead_lettered"], rejected["max_dead_letters"]) == (GOOD + BAD, BAD, "19.9%")
+    assert rejected["errors_by_reason"] == {"invalid_json": 8, "missing_text": 2}
+    summary = helpers.run_job(small_job.argv(corpus, prefix, "--max_dead_letters", "20%"))
+    assert summary["dead_lettered"] == BAD and (tmp_path / "out-summary.json").exists()
+    assert not (tmp_path / "out-rejected.json").exists() and not list(tmp_path.glob("out-rejected-errors-*"))
     assert len(_error_records(prefix)) == BAD
 
 
