@@ -41,12 +41,13 @@ RUN apt-get update \
     && apt-get autoremove -y \
     && rm -rf /var/lib/apt/lists/*
 
-# TensorFlow with its CUDA libraries first (the big, rarely changing layer), then this package,
-# whose install_requires pin keras < 3.16 and apache-beam[gcp] 2.77.
+# TensorFlow with its CUDA libraries first (the big, rarely changing layer), then this package with
+# its [dataflow] extra (apache-beam[gcp] 2.77: the Dataflow runner's and the Flex Template launcher's
+# Google Cloud clients, which the base install leaves out); install_requires pin keras < 3.16.
 RUN pip install --upgrade pip \
     && pip install "tensorflow[and-cuda]==2.21.*"
 COPY . /app
-RUN pip install /app \
+RUN pip install "/app[dataflow]" \
     && pip check
 
 # Flex Template: the launcher runs this file with the template parameters as --name=value flags.

@@ -10,12 +10,14 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from beam_pipeline import logs
+
+logs.quiet_start()
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from beam_pipeline import files  # noqa: E402
+from beam_pipeline import dead_letters, files  # noqa: E402
 from beam_pipeline.options import PROG, ConfigError, JobConfig, check_argv, job_parser, resolve  # noqa: E402
 from beam_pipeline.pipeline import build, existing_outputs, start_replacing, summary_path, write_summary  # noqa: E402
 from transforms.errors import NAMESPACE  # noqa: E402
@@ -82,7 +84,8 @@ def pin_local_runner(options: PipelineOptions) -> None:
 def run(argv: list[str] | None = None, prog: str = PROG) -> dict | None:
     """Runs the job; returns the summary (None when the runner runs it asynchronously).
 
-    An unknown argument or ``--help`` ends here with ``SystemExit`` (2 or 0), before any work."""
+    An unknown argument or ``--help`` ends here with ``SystemExit`` (2 or 0), before any work; a run
+    stopped by ``--max_dead_letters`` raises ``DeadLetterLimitExceeded``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         from beam_pipeline.demo import demo_argv
@@ -97,8 +100,15 @@ def run(argv: list[str] | None = None, prog: str = PROG) -> dict | None:
     check_output_prefix(config)
     sizes = files.match_sizes(list(config.inputs))
     start_replacing(config.output)
-    with beam.Pipeline(options=options) as p:
-        build(p, config, list(sizes), sizes)
+    dead_letters.forget_rejection(config.output)
+    try:
+        with beam.Pipeline(options=options) as p:
+            build(p, config, list(sizes), sizes)
+    except Exception as e:  # the runner's own error type, wrapping a worker's or not
+        message = dead_letters.rejection(config.output, e)
+        if message is None:
+            raise
+        raise dead_letters.DeadLetterLimitExceeded(message) from e
     result = p.result if hasattr(p, "result") else None
     if not files.exists(summary_path(config.output)):
         return None
@@ -143,55 +153,47 @@ def print_summary(summary: dict) -> None:
     print("\n".join(lines))
 
 
-# --log_level -> TF_CPP_MIN_LOG_LEVEL (TensorFlow's C++ messages, read once when TensorFlow loads).
-_TF_CPP_LEVEL = {"error": "3", "warning": "1", "info": "0", "debug": "0"}
-
-
 def configure_logging(argv: list[str], prog: str = PROG) -> None:
     """Start-up noise of TensorFlow, absl and Beam hidden unless ``--log_level`` asks for it; the
     job's own messages (``beam_pipeline`` loggers: progress, kernel path) always at INFO."""
-    level = job_parser(prog).parse_known_args(argv)[0].log_level
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = _TF_CPP_LEVEL[level]
-    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level.upper())
-    logging.getLogger("beam_pipeline").setLevel(min(logging.INFO, logging.getLevelName(level.upper())))
-    for noisy in ("absl", "tensorflow", "apache_beam", "h5py"):
-        logging.getLogger(noisy).setLevel(level.upper())
-    if level == "error":
-        _import_tensorflow_quietly()
+    logs.apply(job_parser(prog).parse_known_args(argv)[0].log_level)
 
 
-def _import_tensorflow_quietly() -> None:
-    """TensorFlow writes its start-up lines (oneDNN, CUDA drivers, ``cuInit``) from C++ straight to
-    file descriptor 2, before ``TF_CPP_MIN_LOG_LEVEL`` applies: import it, and look for GPUs once,
-    with that descriptor pointed at /dev/null. Errors still raise, and print once it is restored."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
+def _not_the_runners_report_of_the_limit(record: logging.LogRecord) -> bool:
+    """False for the runner's log record (message and worker traceback) of a run stopped by
+    ``--max_dead_letters``, which the DirectRunner logs before it raises."""
+    return not (record.name.startswith("apache_beam") and dead_letters.MARKER in record.getMessage())
 
-        tf.config.list_physical_devices("GPU")
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+
+EXIT_DEAD_LETTER_LIMIT = 3  # more dead letters than --max_dead_letters allows; nothing committed
 
 
 def main() -> int:
+    """Exit status: 0 done; 1 records unaccounted for; 2 configuration error (nothing ran);
+    3 more dead letters than ``--max_dead_letters`` allows (output not committed)."""
     prog = "beam-recurrent-embeddings" if os.path.basename(sys.argv[0]) == "beam-recurrent-embeddings" else PROG
     argv = sys.argv[1:]
     check_argv(argv, prog)  # --help and unknown arguments, before anything slow
     configure_logging(argv, prog)
+    for handler in logging.getLogger().handlers:  # the limit's own "error:" line says it once, below
+        handler.addFilter(_not_the_runners_report_of_the_limit)
     try:
         summary = run(argv, prog)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except dead_letters.DeadLetterLimitExceeded as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DEAD_LETTER_LIMIT
     if summary is None:
         print("job submitted; its summary will be written to PREFIX-summary.json when it finishes")
         return 0
     print_summary(summary)
+    if summary["dead_lettered"]:
+        limit = summary.get("max_dead_letters")
+        print(f"warning: {summary['dead_lettered']} of {summary['read']} records dead-lettered"
+              + (f" (within --max_dead_letters {limit})" if limit else " (no --max_dead_letters limit)"),
+              file=sys.stderr)
     return 0 if summary["accounted"] else 1
 
 

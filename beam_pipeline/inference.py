@@ -110,9 +110,14 @@ def describe_mask(info: recurrent.LayerInfo) -> str:
     return f"{info.mask_source}: padding required, batches padded exactly as trained"
 
 # --engine auto: calibrating costs seconds (an ONNX graph built, XLA and table loops compiled, each
-# engine run and timed), which a small job never earns back. The Keras graph runs first; once it has
-# spent this long on a worker's batches, the next batch calibrates (a steady-state batch, too).
-CALIBRATE_AFTER_S = 2.0
+# engine run and timed), which a small job never earns back. The Keras graph runs a worker's first
+# CALIBRATE_AFTER_DOCS documents; the first full batch after them (as many documents as the largest
+# batch the worker has run) calibrates. A fixed point in documents, not in seconds: which batches run
+# on which engine follows from the batches a worker is given, never from how long they took (only the
+# calibration's own timing decides the engine). 32768 documents: 64 batches of the default 512, about
+# 2 s of the Keras graph for the bench's 64-unit LSTMs (what the former 2 s threshold reached there),
+# more for larger models.
+CALIBRATE_AFTER_DOCS = 32768
 # The chosen engine is checked again on this many of a batch's longest documents whenever they are
 # longer than any it was checked on (at most maxlen times per worker).
 VERIFY_ROWS = 8
@@ -173,7 +178,7 @@ class Embedder:
             self.trim = False  # every window is maxlen wide; the states carry the document across them
             self._window_fn, self._state_sizes, self._n_target = self._compile_window()
         # The engine (keras graph, XLA, ONNX Runtime, table) is chosen by engines.choose: a forced one on
-        # the first batch; with auto, once the Keras graph has run CALIBRATE_AFTER_S (see _run).
+        # the first batch; with auto, on the first full batch after CALIBRATE_AFTER_DOCS documents (see _run).
         self.engine_context = engines.Context(
             model=model, layer=self.layer, info=self.info, mode=mode, maxlen=maxlen, padding=padding, device=device,
             input_dtype=self.input_dtype, model_dtype=self.model_dtype, one_hot_depth=self.one_hot_depth,
@@ -182,8 +187,9 @@ class Embedder:
         self.engine_request = engine
         self.engine: engines.Engine | None = None
         self.engine_report: dict = {}
-        self.calibrate_after_s = CALIBRATE_AFTER_S
-        self._keras_seconds = 0.0
+        self.calibrate_after_docs = CALIBRATE_AFTER_DOCS
+        self._keras_docs = 0  # documents the Keras graph ran before calibration (auto)
+        self._largest_batch = 0  # rows of the largest batch run so far: a "full" batch
         self._keras_engine: engines.Engine | None = None  # auto, before calibration
         self._last_engine: engines.Engine | None = None  # the one that ran the last batch
         self.kernel = kernel_path(self.info, self.layer, device)
@@ -273,14 +279,17 @@ class Embedder:
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Runs a padded batch on the engine. A forced engine is built and verified on the first batch.
-        With ``auto``, batches run on the Keras graph until it has spent ``calibrate_after_s`` on them;
-        the next batch then verifies and times every eligible engine (``engines.choose``)."""
-        if self.engine is None and self.engine_request == "auto" and self._keras_seconds < self.calibrate_after_s:
-            start = time.perf_counter()
+        With ``auto``, batches run on the Keras graph until it has run ``calibrate_after_docs``
+        documents; the first batch after them with as many rows as the largest one so far (a full
+        batch, not a bundle's remainder) then verifies and times every eligible engine (``engines.choose``)."""
+        rows = len(batch)
+        if self.engine is None and self.engine_request == "auto" and (
+                self._keras_docs < self.calibrate_after_docs or rows < self._largest_batch):
             if self._keras_engine is None:
                 self._keras_engine = engines.registry()["keras"](self.engine_context)
             outputs = self._keras_engine.run(batch)
-            self._keras_seconds += time.perf_counter() - start
+            self._keras_docs += rows
+            self._largest_batch = max(self._largest_batch, rows)
             self._last_engine = self._keras_engine
             return outputs
         if self.engine is None:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from beam_pipeline import logs
+
+logs.quiet_start()
 
 import pyarrow as pa  # noqa: E402
 
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_fn", default=None, metavar="MODULE:FUNCTION|FILE.py:FUNCTION",
                         help="Runs YOUR code: the function that builds the Keras 3 model whose weights-only file "
                              "--model is. Only for code you trust.")
+    parser.add_argument("--log_level", default=logs.DEFAULT_LOG_LEVEL, choices=logs.LOG_LEVELS,
+                        help="Lowest level of TensorFlow, absl and Beam messages shown, as for the job "
+                             f"(default: {logs.DEFAULT_LOG_LEVEL}: no start-up lines).")
     return parser
 
 
@@ -332,6 +336,7 @@ def render_text(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logs.apply(args.log_level)
     try:
         report = build_report(args.model, args.tokenizer, args.unsafe_deserialization, args.model_fn)
     except InspectError as e:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import __version__, engines, files, nested, recurrent
+from beam_pipeline.dead_letters import parse_limit
+from beam_pipeline.logs import LOG_LEVELS
 from beam_pipeline.model.checks import UnreadableModel
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
@@ -35,7 +37,6 @@ def _flag(value: str) -> bool:
 
 
 PROG = "python -m beam_pipeline"
-LOG_LEVELS = ("error", "warning", "info", "debug")
 PAD_SIDES = ("pre", "post")
 KERAS_DEFAULTS = "keras.utils.pad_sequences defaults to padding='pre', truncating='pre'"
 
@@ -47,9 +48,10 @@ class EmbeddingOptions(PipelineOptions):
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("input")
         group.add_argument("--input", nargs="+", metavar="PATH",
-                           help="Required. File(s) or glob(s), local or gs://. .jsonl/.json: one JSON object per "
-                                "line; .csv: with a header; .parquet; anything else: plain text, one document per "
-                                "line. .gz/.bz2 are decompressed.")
+                           help="Required. File(s) or glob(s), local or gs://. .jsonl/.json/.ndjson: one JSON object "
+                                "per line; .csv: with a header; .parquet; anything else: plain text, one document "
+                                "per line. Compressed files (.gz/.bz2/.deflate/.zst/.zstd/.xz/.lzma after the format's "
+                                "suffix) are decompressed.")
         group.add_argument("--id_field", default="id",
                            help="Field (JSONL) or column (CSV, Parquet) of the document id.")
         group.add_argument("--text_field", default="text",
@@ -76,8 +78,8 @@ class EmbeddingOptions(PipelineOptions):
 
         group = parser.add_argument_group("preprocessing")
         group.add_argument("--tokenizer", default=None, metavar="PATH",
-                           help="JSON of a legacy Keras Tokenizer.to_json(). Required unless the model takes raw "
-                                "text (TextVectorization).")
+                           help="Required unless the model takes raw text (TextVectorization): the JSON of a "
+                                "legacy Keras Tokenizer.to_json().")
         group.add_argument("--maxlen", type=int, default=None,
                            help="Timesteps per document. Default: the model's fixed input length.")
         group.add_argument("--padding", default=None, choices=PAD_SIDES,
@@ -85,8 +87,8 @@ class EmbeddingOptions(PipelineOptions):
                                 "Embedding(mask_zero=True) (padding changes the vectors of unmasked models and of "
                                 "Masking layers); " + KERAS_DEFAULTS + ".")
         group.add_argument("--truncating", default=None, choices=PAD_SIDES,
-                           help="Which end of a document longer than maxlen is cut, as the model was trained. "
-                                "Required (it decides which tokens are kept), except with --long_docs carry.")
+                           help="Required, except with --long_docs carry: which end of a document longer than "
+                                "maxlen is cut, as the model was trained (it decides which tokens are kept).")
         group.add_argument("--long_docs", default="truncate", choices=("truncate", "carry"),
                            help="truncate: cut at maxlen as pad_sequences does; carry: read every maxlen window "
                                 "in turn, the recurrent states carried from one to the next.")
@@ -102,6 +104,9 @@ class EmbeddingOptions(PipelineOptions):
         group.add_argument("--row_group_mb", type=int, default=32, help="Target Parquet row group size in MiB.")
         group.add_argument("--overwrite", nargs="?", const=True, default=False, type=_flag, metavar="true|false",
                            help="Replace shards of a different model/layer/mode at the output prefix.")
+        group.add_argument("--max_dead_letters", default=None, type=parse_limit, metavar="N|P%",
+                           help="Most dead letters (N) or share of the records read (P%%) a run may have; over it "
+                                "the run fails with exit status 3 and writes no summary. Default: no limit.")
         group.add_argument("--log_level", default="error", choices=LOG_LEVELS,
                            help="Lowest level of TensorFlow, absl and Beam messages shown; the job's own "
                                 "progress and summary always show.")
@@ -142,13 +147,15 @@ def job_parser(prog: str = PROG) -> argparse.ArgumentParser:
         prog=prog,
         allow_abbrev=False,
         formatter_class=_HelpFormatter,
-        usage=f"{prog} --input PATH [PATH ...] --model PATH [--tokenizer PATH] --output PREFIX "
-              "[--truncating pre|post] [--padding pre|post] [job flags] [Beam pipeline options]",
+        usage=f"{prog} --input PATH [PATH ...] --model PATH --tokenizer PATH --output PREFIX "
+              "--truncating pre|post [--padding pre|post] [job flags] [Beam pipeline options]",
         description="Embed a text corpus with one recurrent layer (LSTM, GRU, SimpleRNN, Bidirectional) of a "
                     "trained Keras model and write sharded Parquet.\n"
                     f"With no arguments, runs the embedded demo. Inspect a model first: {PROG}.inspect --model PATH",
         epilog="Any Apache Beam pipeline option is also accepted (--runner, --direct_num_workers, --project, "
-               "--region, --temp_location, ...). An argument that is neither a job flag nor a Beam option is an error.",
+               "--region, --temp_location, ...). An argument that is neither a job flag nor a Beam option is an error. "
+               "Exit status: 0 output committed; 1 records unaccounted for; 2 configuration error (nothing ran); "
+               "3 over --max_dead_letters (nothing committed).",
     )
     EmbeddingOptions._add_argparse_args(parser)
     return parser
@@ -235,6 +242,7 @@ class JobConfig:
     tokenizer_sha256: str | None = None
     engine: str = "auto"
     reshuffle: bool = False  # documents spread over workers after tokenizing (see --reshuffle)
+    max_dead_letters: str | None = None  # "N" or "P%" (dead_letters.parse_limit); None: no limit
 
     @property
     def columns(self) -> list[tuple[str, int]]:
@@ -504,4 +512,5 @@ def resolve(options: PipelineOptions) -> JobConfig:
         tokenizer_sha256=tokenizer_sha,
         engine=o.engine,
         reshuffle=reshuffles(o.reshuffle, options),
+        max_dead_letters=o.max_dead_letters,
     )

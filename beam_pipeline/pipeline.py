@@ -10,7 +10,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsDict, AsList
 
-from beam_pipeline import files
+from beam_pipeline import dead_letters, files
 from beam_pipeline.options import JobConfig
 from transforms import errors, write
 from transforms.embed import Embed
@@ -51,7 +51,10 @@ def start_replacing(prefix: str) -> None:
 
 def _finalize(_, config: JobConfig, read: list[int], by_engine: dict, errors_by_reason: dict, written: list[str]):
     """Runs once after every shard and dead-letter file is in place (the sinks removed the previous
-    run's): writes ``PREFIX-summary.json``, the commit record listing every file of the output."""
+    run's): writes ``PREFIX-summary.json``, the commit record listing every file of the output.
+    More dead letters than ``--max_dead_letters`` allows: moves them to ``PREFIX-rejected-errors-*``,
+    writes ``PREFIX-rejected.json`` and raises ``DeadLetterLimitExceeded`` instead, the summary
+    unwritten, so the runner fails the job and the output is never committed."""
     dead = sum(errors_by_reason.values())
     embedded = sum(by_engine.values())
     summary = {
@@ -65,7 +68,9 @@ def _finalize(_, config: JobConfig, read: list[int], by_engine: dict, errors_by_
         "error_files": sorted(p for p in written if p.endswith(".jsonl")),
         "columns": {name: dim for name, dim in config.columns},
         "embedding_job": config.provenance(),
+        "max_dead_letters": config.max_dead_letters,
     }
+    dead_letters.enforce(config.max_dead_letters, config.output, summary)
     write_summary(summary_path(config.output), summary)
     yield summary
 

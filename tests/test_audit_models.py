@@ -39,7 +39,7 @@ def calibrate_on_the_first_batch(monkeypatch):
     """``--engine auto`` looks at every engine on the first batch here."""
     from beam_pipeline import inference
 
-    monkeypatch.setattr(inference, "CALIBRATE_AFTER_S", 0.0)
+    monkeypatch.setattr(inference, "CALIBRATE_AFTER_DOCS", 0)
 
 
 def _randomize(model, seed: int, scale: float = 0.5) -> None:

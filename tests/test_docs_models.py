@@ -1,4 +1,4 @@
-"""docs/models.md's examples, run as written: the builder module and the job command of
+"""docs/weights-and-nested.md's examples, run as written: the builder module and the job command of
 "Weights-only checkpoints" (one job run, its vectors against Keras: the nested encoder's own output
 with the weights Keras loads), and the inspect command of "Nested models" (its listing line)."""
 
@@ -16,7 +16,7 @@ import numpy as np
 from beam_pipeline import inspect as inspect_cli
 from tests import helpers
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "weights-and-nested.md"
 
 
 def _blocks(language: str) -> list[str]:

@@ -27,7 +27,7 @@ def calibrate_on_the_first_batch(monkeypatch):
     """These tests look at the calibration itself: it happens on the first batch here."""
     from beam_pipeline import inference
 
-    monkeypatch.setattr(inference, "CALIBRATE_AFTER_S", 0.0)
+    monkeypatch.setattr(inference, "CALIBRATE_AFTER_DOCS", 0)
 
 
 def _sequences(seed: int, n: int = 37, vocab: int = 50) -> list[list[int]]:
@@ -252,7 +252,7 @@ def test_the_engine_is_checked_again_on_documents_longer_than_it_was_checked_on(
     model = keras.Model(inp, L.Dense(2)(L.GRU(6, reset_after=False, recurrent_activation="tanh", name="target")(x)))
     model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
     embedder = Embedder(model, "target", "final", maxlen, engine=engine, jit=False)
-    embedder.calibrate_after_s = 0.0
+    embedder.calibrate_after_docs = 0
     short = [list(rng.integers(1, 60, size=int(n))) for n in rng.integers(1, 5, size=32)]
     long = [list(rng.integers(1, 60, size=maxlen)) for _ in range(32)]
     first = embedder.embed(short)
@@ -267,23 +267,24 @@ def test_the_engine_is_checked_again_on_documents_longer_than_it_was_checked_on(
 
 
 def test_auto_runs_the_keras_graph_until_calibration_can_pay_off(monkeypatch):
-    """A small job never pays for calibration: batches run on the Keras graph until it has spent
-    CALIBRATE_AFTER_S on them; the next batch calibrates, and the values never move."""
+    """A small job never pays for calibration: batches run on the Keras graph until it has run
+    CALIBRATE_AFTER_DOCS documents; the next full batch calibrates, and the values never move."""
     from beam_pipeline import inference
 
-    monkeypatch.setattr(inference, "CALIBRATE_AFTER_S", 3600.0)
-    model = _model(ACCEPTED["lstm"])
     seqs = _sequences(7)
+    monkeypatch.setattr(inference, "CALIBRATE_AFTER_DOCS", len(seqs) + 1)
+    model = _model(ACCEPTED["lstm"])
     embedder = Embedder(model, "target", "final", MAXLEN, padding="post")
     first = embedder.embed(seqs).columns["vector"]
     assert embedder.engine is None and embedder.engine_report == {}, "no calibration in a small job"
-    assert embedder._keras_seconds > 0
-    embedder.calibrate_after_s = embedder._keras_seconds  # the graph has now run long enough
+    assert embedder._keras_docs == len(seqs)
     second = embedder.embed(seqs).columns["vector"]
+    assert embedder.engine is None, "the graph had run fewer documents than CALIBRATE_AFTER_DOCS"
+    third = embedder.embed(seqs).columns["vector"]
     assert embedder.engine is not None and "keras" in embedder.engine_report
     want = helpers.reference(model, "target", "final", keras.utils.pad_sequences(seqs, maxlen=MAXLEN, padding="post"))
-    np.testing.assert_allclose(first, want[0], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(second, want[0], atol=1e-5, rtol=0)
+    for got in (first, second, third):
+        np.testing.assert_allclose(got, want[0], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("slowest", ["xla", "onnx", "keras"])

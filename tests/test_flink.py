@@ -9,6 +9,8 @@ import glob
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -106,6 +108,41 @@ def test_flink_cluster_writes_the_direct_runners_rows_and_dead_letters(
     assert job["state"] == "FINISHED"
     embed = [s for s in flink_cluster.subtasks(job["jid"]) if "Embed" in s["vertex"]]
     assert len(embed) == 4 and len({s["taskmanager"] for s in embed}) == 2
+
+
+@pytest.mark.parametrize("limit, status", [("1", 3), ("1%", 0)])
+def test_flink_dead_letter_limit_fails_the_job_or_commits_it(flink_cluster, small_job, flink_corpus, tmp_path,
+                                                             limit, status):
+    """The corpus has 2 dead letters in 404 records. ``--max_dead_letters 1``: the job fails on the
+    cluster, the command exits 3 naming count, limit and reasons, no summary, the dead letters are
+    kept (as PREFIX-rejected-errors-*: Flink restarts the failed part of the job, whose sinks' pre-finalize
+    then deletes what the first attempt finalized, and fails in the Parquet sink's finalize; the launcher
+    knows the cause from PREFIX-rejected.json). ``1%`` (4 allowed): the job commits and the command warns
+    once with the count."""
+    paths, docs = flink_corpus
+    read = len(docs) + len(BAD_LINES)
+    prefix = tmp_path / "emb"
+    argv = ["--input", *paths, "--model", small_job.model, "--tokenizer", small_job.tokenizer, "--output", prefix,
+            *JOB_FLAGS, "--max_dead_letters", limit, *flink_cluster.runner_args()]
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    done = subprocess.run([sys.executable, "-m", "beam_pipeline", *map(str, argv)], capture_output=True, text=True,
+                          timeout=900, env=env)
+    assert done.returncode == status, done.stderr[-4000:]
+    assert len(_dead_letters(str(prefix) + ("-rejected" if status == 3 else ""))) == 2
+    job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
+    if status == 3:
+        assert job["state"] == "FAILED"
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and f"2 of {read} records read were dead-lettered" in errors[0], done.stderr[-4000:]
+        assert "over --max_dead_letters 1 (1 allowed)" in errors[0]
+        assert "top reasons: invalid_json 1, missing_id 1" in errors[0]
+        assert not os.path.exists(f"{prefix}-summary.json")
+        assert json.loads(open(f"{prefix}-rejected.json").read())["dead_lettered"] == 2
+    else:
+        assert job["state"] == "FINISHED"
+        warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+        assert warnings == [f"warning: 2 of {read} records dead-lettered (within --max_dead_letters 1%)"]
+        assert json.loads(open(f"{prefix}-summary.json").read())["dead_lettered"] == 2
 
 
 def _log_sizes(cluster) -> dict[str, int]:
@@ -206,7 +243,7 @@ BUILDER_MODULE = "flink_siamese_builder"
 
 def test_flink_model_fn_module_shipped_with_setup_file(flink_cluster, small_job, flink_corpus, tmp_path, monkeypatch):
     """``--model_fn MODULE:FUNCTION`` with a weights-only file on the cluster, the module shipped as
-    docs/models.md says: a package with a setup.py, ``--setup_file``; each SDK worker installs what
+    docs/weights-and-nested.md says: a package with a setup.py, ``--setup_file``; each SDK worker installs what
     Beam staged (tests/flink_sdk_worker.py, as Beam's boot does). The module is nowhere else on the
     workers' path. The rows equal the DirectRunner's (whose values tests/test_weights_only.py checks
     against Keras)."""

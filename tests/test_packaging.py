@@ -77,6 +77,17 @@ def install_requires() -> dict[str, Requirement]:
     raise AssertionError("setup.py has no setup(install_requires=[...])")
 
 
+def extras_require() -> dict[str, list[str]]:
+    """setup.py's ``extras_require``, read from the file's syntax tree."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup":
+            for keyword in node.keywords:
+                if keyword.arg == "extras_require":
+                    return ast.literal_eval(keyword.value)
+    raise AssertionError("setup.py has no setup(extras_require={...})")
+
+
 def python_requires() -> SpecifierSet:
     tree = ast.parse((ROOT / "setup.py").read_text())
     for node in ast.walk(tree):
@@ -144,7 +155,8 @@ def test_dockerfile_installs_tensorflow_with_cuda_in_the_range_setup_py_pins():
 def test_dockerfile_installs_this_package_and_keeps_the_sdk_in_its_environment():
     copies = [shlex.split(args) for args in instructions("COPY")]
     assert [".", "/app"] in copies
-    assert any("pip install /app" in args for args in instructions("RUN"))
+    installs = [w for args in instructions("RUN") for w in shlex.split(args) if w.startswith("/app")]
+    assert installs == ["/app[dataflow]"], "the image needs the Dataflow runner's clients: the [dataflow] extra"
     variables = env()
     assert variables["RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT"] == "1"
     assert variables["PATH"].startswith("/opt/venv/bin:")
@@ -198,6 +210,15 @@ def test_metadata_mode_regex():
 
 
 # --- setup.py ---------------------------------------------------------------------------------
+
+def test_base_install_leaves_beams_gcp_clients_to_the_dataflow_extra():
+    """Local, Flink and gs:// runs need Beam's core and GCS's client only (README "Install")."""
+    beam = install_requires()["apache-beam"]
+    assert beam.extras == set()
+    assert {"google-cloud-storage", "google-auth", "google-auth-httplib2"} <= set(install_requires())
+    dataflow = [Requirement(r) for r in extras_require()["dataflow"]]
+    assert [(r.name, r.extras, r.specifier) for r in dataflow] == [("apache-beam", {"gcp"}, beam.specifier)]
+
 
 def test_setup_py_pins_keras_below_316():
     import keras
