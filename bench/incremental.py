@@ -2,7 +2,7 @@
 new, 1% changed and 1% removed, against a full run over the same corpus, in one bench run.
 
 ``python -m bench.incremental [--sizes 20000,200000] [--model masked-bilstm-x3] [--job-args '...']
-[--out bench/results/incremental.json] [--keep]``
+[--out bench/results/incremental.json] [--keep] [--memory]``
 
 Per size S (two sizes, N < M), on the model of ``bench/engines.py`` ``build(--model)`` and corpora of
 ``bench/common.py`` ``make_corpus``:
@@ -17,7 +17,8 @@ Steady state: ``wall(M) - wall(N)`` per kind (start-up, model loading and finali
 their ratio ``incremental / full`` (target <= 0.20). The bench checks that each incremental output
 equals the full run's (the same ids; max |difference| of the recomputed rows, and reused rows bit-equal
 to day1's) and that the summary's counts are the planted ones. ``other CPU`` is the CPU other processes
-of the machine used during the run (% of one core): above ~10% the row is disturbed.
+of the machine used during the run (% of one core): above ~10% the row is disturbed. ``--memory``
+runs only day1 and the incremental run per size, for their peak RSS (``ru_maxrss``) ratio M / N.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="masked-bilstm-x3", choices=sorted(MODELS))
     parser.add_argument("--job-args", default="", help="Extra flags for every job run, e.g. '--engine onnx'.")
     parser.add_argument("--out", default=os.path.join("bench", "results", "incremental.json"))
+    parser.add_argument("--memory", action="store_true",
+                        help="Peak memory only: per size the day1 run and the incremental run, no full run over "
+                             "day2 and no comparison (e.g. --sizes 100000,1000000 --model ceiling-pre).")
     parser.add_argument("--keep", action="store_true", help="Keep the work dir (corpora, model, outputs, logs).")
     args = parser.parse_args(argv)
 
@@ -113,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             write_jsonl(paths["day1"], day1)
             write_jsonl(paths["day2"], day2)
             previous = os.path.join(work, "out", f"{name}-{size}-day1", "emb")
-            for kind, corpus, extra in (("day1", "day1", ""), ("full", "day2", ""),
-                                        ("incremental", "day2", f" --previous {previous}")):
+            kinds_run = (("day1", "day1", ""), ("full", "day2", ""), ("incremental", "day2", f" --previous {previous}"))
+            for kind, corpus, extra in kinds_run[::2] if args.memory else kinds_run:
                 r = run_job_child(work, name, paths[corpus], f"{size}-{kind}", args.job_args + extra, keep_output=True)
                 with open(os.path.join(work, "out", f"{name}-{size}-{kind}", "emb-summary.json")) as f:
                     summary = json.load(f)
@@ -124,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 other = 100 * r["other_cpu_s"] / r["wall_s"]
                 print(f"{size:>7} {kind:14} {summary['read']:>9} {summary['embedded']:>9} {summary['reused']:>8} "
                       f"{r['wall_s']:>8.1f} {r['peak_rss_mb']:>7.0f} {other:>8.0f}%", flush=True)
+            if args.memory:
+                continue
             inc = results["runs"][f"{size}-incremental"]["summary"]
             planted = (len(kinds["new"]), len(kinds["changed"]), len(kinds["removed"]))
             check = compare(work, name, size, kinds)
@@ -132,12 +138,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{size:>7} check: {json.dumps(check)}", flush=True)
         n, m = sizes
         runs = results["runs"]
+        results["peak_rss_ratio_incremental"] = runs[f"{m}-incremental"]["peak_rss_mb"] / runs[f"{n}-incremental"][
+            "peak_rss_mb"]
+        results["peak_rss_ratio_day1"] = runs[f"{m}-day1"]["peak_rss_mb"] / runs[f"{n}-day1"]["peak_rss_mb"]
+        if args.memory:
+            print(f"peak RSS {m}/{n} docs: full (day1) {results['peak_rss_ratio_day1']:.2f}, incremental "
+                  f"{results['peak_rss_ratio_incremental']:.2f}")
+            return _save(results, args.out)
         steady = {kind: runs[f"{m}-{kind}"]["wall_s"] - runs[f"{n}-{kind}"]["wall_s"]
                   for kind in ("full", "incremental")}
         results["steady_wall_s"] = steady
         results["steady_ratio"] = steady["incremental"] / steady["full"]
-        results["peak_rss_ratio_incremental"] = runs[f"{m}-incremental"]["peak_rss_mb"] / runs[f"{n}-incremental"][
-            "peak_rss_mb"]
         results["peak_rss_ratio_full"] = runs[f"{m}-full"]["peak_rss_mb"] / runs[f"{n}-full"]["peak_rss_mb"]
         print(f"steady state ({m} - {n} docs): full {steady['full']:.1f}s, incremental {steady['incremental']:.1f}s: "
               f"incremental / full = {results['steady_ratio']:.3f} (target <= 0.20); peak RSS {m}/{n}: full "
@@ -147,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work dir kept: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
+    return _save(results, args.out)
+
+
+def _save(results: dict, out: str) -> int:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, default=str)
-    print(f"written to {args.out}", file=sys.stderr)
+    print(f"written to {out}", file=sys.stderr)
     return 0
 
 
