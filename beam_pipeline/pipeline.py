@@ -1,4 +1,4 @@
-"""Wires the stages: read -> tokenize -> [reuse] -> embed -> write, dead letters on the side; nothing else."""
+"""Wires the stages: read -> [reuse] -> tokenize -> embed -> write, dead letters on the side; nothing else."""
 
 from __future__ import annotations
 
@@ -99,15 +99,16 @@ def write_summary(path: str, summary: dict) -> None:
 def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str, int] | None = None):
     """Adds the whole job to ``p``; ``sizes`` (bytes per input file, where known) feed the progress log."""
     read = p | "Read" >> ReadCorpus(paths, config.id_field, config.text_field, sizes)
+    docs = read.docs
+    reusing = bool(config.previous) and not config.previous["why_not"]
+    if reusing:  # before tokenizing: unchanged documents are copied, never tokenized
+        docs, reused, reuse_counts = docs | "Reuse" >> reuse.Reuse(config)
     # Without a tokenizer the model tokenizes raw text itself (TextVectorization): the stage only hashes.
-    tokens = read.docs | "Tokenize" >> beam.ParDo(
+    tokens = docs | "Tokenize" >> beam.ParDo(
         Tokenize(config.tokenizer, None if config.long_docs == "carry" else config.maxlen, config.truncating)
     ).with_outputs(errors.ERRORS, main="ids")
     inputs, tokenize_errors = tokens.ids, tokens[errors.ERRORS]
-    reusing = bool(config.previous) and not config.previous["why_not"]
-    if reusing:  # the join by id spreads the documents over workers too
-        inputs, reused, reuse_counts = inputs | "Reuse" >> reuse.Reuse(config)
-    elif config.reshuffle:  # a file is read by one worker: its documents spread out before the costly stage
+    if config.reshuffle and not reusing:  # a file is read by one worker: its documents spread out (the join does too)
         inputs = inputs | "SpreadDocuments" >> beam.Reshuffle()
     embedded, failed = inputs | "Embed" >> Embed(config)
     if reusing:

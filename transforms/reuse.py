@@ -1,10 +1,13 @@
-"""Reuse (``--previous``): the tokenized documents joined with the previous output by document id;
-a document whose id and ``text_hash`` match a previous row gets that row copied, bit for bit, the
-others go on to the embed stage.
+"""Reuse (``--previous``): the documents read, hashed and joined with the previous output by document
+id; a document whose id and ``text_hash`` match a previous row gets that row copied, bit for bit, the
+others go on to be tokenized and embedded. The join comes before tokenizing: an unchanged document is
+never tokenized (it cannot be a tokenizing dead letter either: the same text with the same tokenizer
+failed before, so it has no previous row).
 
 The join is a Beam join keyed by a hash bucket of the id, and stays columnar:
 
-- this run's ``DocBatch``es are split by bucket (``SplitByBucket``: one piece per bucket present);
+- this run's ``DocBatch``es (ids, texts) are hashed and split by bucket (``SplitByBucket``: one piece
+  per bucket present);
 - the previous shards are read one row group at a time, two small columns only (``doc_id``,
   ``text_hash``), into ``(bucket, keys)`` pieces with each row's position (file, row group, row);
 - ``CoGroupByKey`` brings a bucket's pieces together; ``JoinBucket`` matches them with Arrow
@@ -31,7 +34,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from beam_pipeline.options import JobConfig
-from transforms.batch import DocBatch
+from transforms.batch import DocBatch, concat, hash_texts
 from transforms.errors import NAMESPACE
 from transforms.write import HASH_BYTES, METADATA_KEY, Rows
 
@@ -61,12 +64,14 @@ def join_keys(ids: pa.Array, hashes: pa.Array) -> pa.Array:
 
 
 class SplitByBucket(beam.DoFn):
-    """``DocBatch`` -> ``(bucket, DocBatch)`` for each bucket its documents fall in."""
+    """``DocBatch(ids, texts)`` -> ``(bucket, DocBatch(ids, texts, text_hash))`` for each bucket its
+    documents fall in."""
 
     def __init__(self, buckets: int):
         self.buckets = buckets
 
     def process(self, batch: DocBatch):
+        batch = DocBatch(batch.ids, batch.texts, text_hash=hash_texts(batch.texts))
         bucket = buckets_of(batch.ids, self.buckets)
         order = np.argsort(bucket, kind="stable")
         starts = np.flatnonzero(np.diff(bucket[order], prepend=-1))
@@ -132,10 +137,7 @@ class JoinBucket(beam.DoFn):
             prev = prev.take(pc.sort_indices(prev, sort_keys=[("file", "ascending"), ("group", "ascending"),
                                                               ("row", "ascending")]))
         if docs:
-            from transforms.batch import concat
-
-            batch = concat(docs)
-            yield from self._match(batch, prev)
+            yield from self._match(concat(docs), prev)
         if prev is not None:
             current = pa.concat_arrays([d.ids for d in docs]) if docs else pa.array([], pa.string())
             previous_ids = pc.unique(prev.column("doc_id").combine_chunks())
@@ -223,7 +225,8 @@ class CopyRows(beam.DoFn):
 
 
 class Reuse(beam.PTransform):
-    """Tokenized ``DocBatch``es -> (documents to embed, reused ``Rows``, ``(count name, n)`` pairs)."""
+    """``DocBatch(ids, texts)``es -> (documents to tokenize and embed, with their ``text_hash``; reused
+    ``Rows``; ``(count name, n)`` pairs)."""
 
     def __init__(self, config: JobConfig):
         super().__init__()

@@ -18,8 +18,8 @@ from apache_beam.metrics import Metrics
 
 from beam_pipeline import files
 from beam_pipeline.batch_tokenizer import BatchTokenizer, truncate
-from beam_pipeline.ragged import Ragged
 from beam_pipeline.keras_tokenizer import KerasTokenizer
+from beam_pipeline.ragged import Ragged
 from transforms.batch import DocBatch, hash_texts
 from transforms.errors import NAMESPACE, tagged
 
@@ -43,7 +43,7 @@ class Tokenize(beam.DoFn):
             self._tokenizer = BatchTokenizer(self._reference)
 
     def process(self, batch: DocBatch):
-        text_hash = hash_texts(batch.texts)
+        text_hash = hash_texts(batch.texts) if batch.text_hash is None else batch.text_hash  # hashed by Reuse
         if self._tokenizer is None:
             yield DocBatch(batch.ids, batch.texts, text_hash=text_hash)
             return
