@@ -5,6 +5,7 @@ With no arguments it runs the embedded default (sample corpus + demo model, see 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,8 +18,16 @@ logs.quiet_start()
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from beam_pipeline import dead_letters, files  # noqa: E402
-from beam_pipeline.options import PROG, ConfigError, JobConfig, check_argv, job_parser, resolve  # noqa: E402
+from beam_pipeline import dead_letters, files, previous  # noqa: E402
+from beam_pipeline.options import (  # noqa: E402
+    PROG,
+    ConfigError,
+    EmbeddingOptions,
+    JobConfig,
+    check_argv,
+    job_parser,
+    resolve,
+)
 from beam_pipeline.pipeline import build, existing_outputs, start_replacing, summary_path, write_summary  # noqa: E402
 from transforms.errors import NAMESPACE  # noqa: E402
 from transforms.write import METADATA_KEY  # noqa: E402
@@ -98,7 +107,11 @@ def run(argv: list[str] | None = None, prog: str = PROG) -> dict | None:
     pin_local_runner(options)
     config = resolve(options)
     check_output_prefix(config)
+    previous_prefix = options.view_as(EmbeddingOptions).previous
+    if previous_prefix:  # read before anything at --output is replaced (it may be the same prefix)
+        config = dataclasses.replace(config, previous=previous.load(previous_prefix, config).to_dict())
     sizes = files.match_sizes(list(config.inputs))
+    previous.keep_record(config)
     start_replacing(config.output)
     dead_letters.forget_rejection(config.output)
     try:
@@ -112,6 +125,7 @@ def run(argv: list[str] | None = None, prog: str = PROG) -> dict | None:
     result = p.result if hasattr(p, "result") else None
     if not files.exists(summary_path(config.output)):
         return None
+    previous.forget_record(config)
     summary = json.loads(files.read_bytes(summary_path(config.output)))
     summary["metrics"] = metrics_of(result) if result is not None else {}
     if summary["metrics"]:
@@ -140,6 +154,12 @@ def print_summary(summary: dict) -> None:
         f"documents read {summary['read']}: embedded {summary['embedded']}, dead-lettered {summary['dead_lettered']}",
     ]
     lines += [f"  {reason}: {n}" for reason, n in summary["errors_by_reason"].items()]
+    if "previous" in summary:
+        why = summary["previous"]["not_reused_because"]
+        lines.append(f"previous {summary['previous']['prefix']}: " + (
+            f"nothing reused ({why})" if why else
+            f"reused {summary['reused']}, new {summary['new']}, changed {summary['changed']}, "
+            f"removed {summary['removed']}"))
     lines.append(f"columns: doc_id, num_tokens, {dims} ({job['dtype']})")
     if m:
         tokens, padded = m.get("tokens", 0), m.get("padded_timesteps", 0)

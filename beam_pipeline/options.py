@@ -97,6 +97,9 @@ class EmbeddingOptions(PipelineOptions):
         group.add_argument("--output", metavar="PREFIX",
                            help="Required. Output prefix: PREFIX-SSSSS-of-NNNNN.parquet shards, "
                                 "PREFIX-errors-*.jsonl dead letters, and PREFIX-summary.json, written last.")
+        group.add_argument("--previous", default=None, metavar="PREFIX",
+                           help="The output prefix of an earlier run (may equal --output): documents whose id and "
+                                "text match a row there are copied, not embedded again (docs/incremental.md).")
         group.add_argument("--num_shards", type=int, default=0, help="Parquet shards; 0: the runner decides.")
         group.add_argument("--compression", default="zstd", choices=COMPRESSIONS, help="Parquet compression.")
         group.add_argument("--dtype", default="float32", choices=("float32", "float16"),
@@ -243,6 +246,7 @@ class JobConfig:
     engine: str = "auto"
     reshuffle: bool = False  # documents spread over workers after tokenizing (see --reshuffle)
     max_dead_letters: str | None = None  # "N" or "P%" (dead_letters.parse_limit); None: no limit
+    previous: dict | None = None  # --previous, read by the launcher: beam_pipeline.previous.Previous.to_dict()
 
     @property
     def columns(self) -> list[tuple[str, int]]:

@@ -1,4 +1,4 @@
-"""Wires the stages: read -> tokenize -> embed -> write, dead letters on the side; nothing else."""
+"""Wires the stages: read -> [reuse] -> tokenize -> embed -> write, dead letters on the side; nothing else."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from apache_beam.pvalue import AsDict, AsList
 
 from beam_pipeline import dead_letters, files
 from beam_pipeline.options import JobConfig
-from transforms import errors, write
+from transforms import errors, reuse, write
 from transforms.embed import Embed
 from transforms.read import COUNTS, ReadCorpus
 from transforms.tokenize import Tokenize
@@ -49,21 +49,28 @@ def start_replacing(prefix: str) -> None:
     files.delete([f + "/" if files.is_remote(f) else f for f in folders])
 
 
-def _finalize(_, config: JobConfig, read: list[int], by_engine: dict, errors_by_reason: dict, written: list[str]):
+def _finalize(_, config: JobConfig, read: list[int], by_engine: dict, errors_by_reason: dict, written: list[str],
+              reuse_counts: dict | None = None):
     """Runs once after every shard and dead-letter file is in place (the sinks removed the previous
     run's): writes ``PREFIX-summary.json``, the commit record listing every file of the output.
+    ``embedded``: documents computed this run; ``written``: plus those copied from ``--previous``.
     More dead letters than ``--max_dead_letters`` allows: moves them to ``PREFIX-rejected-errors-*``,
     writes ``PREFIX-rejected.json`` and raises ``DeadLetterLimitExceeded`` instead, the summary
     unwritten, so the runner fails the job and the output is never committed."""
     dead = sum(errors_by_reason.values())
+    by_engine = dict(by_engine)
+    reused = by_engine.pop(reuse.REUSED, 0)
     embedded = sum(by_engine.values())
     summary = {
         "read": sum(read),
+        "written": embedded + reused,
         "embedded": embedded,
+        "reused": reused,
+        **incremental_counts(config, reuse_counts),
         "documents_by_engine": dict(sorted(by_engine.items())),
         "dead_lettered": dead,
         "errors_by_reason": dict(sorted(errors_by_reason.items())),
-        "accounted": sum(read) == embedded + dead,
+        "accounted": sum(read) == embedded + reused + dead,
         "output_files": sorted(p for p in written if p.endswith(".parquet")),
         "error_files": sorted(p for p in written if p.endswith(".jsonl")),
         "columns": {name: dim for name, dim in config.columns},
@@ -75,6 +82,19 @@ def _finalize(_, config: JobConfig, read: list[int], by_engine: dict, errors_by_
     yield summary
 
 
+def incremental_counts(config: JobConfig, counts: dict | None) -> dict:
+    """The summary's ``--previous`` part: ``new``, ``changed``, ``removed`` (``None`` when the previous
+    output was not compared: see ``previous``) and ``previous`` (prefix, and why nothing was reused)."""
+    if not config.previous:
+        return {}
+    counts = counts or {}
+    compared = not config.previous["why_not"]
+    return {
+        **{name: counts.get(name, 0) if compared else None for name in ("new", "changed", "removed")},
+        "previous": {"prefix": config.previous["prefix"], "not_reused_because": config.previous["why_not"]},
+    }
+
+
 def write_summary(path: str, summary: dict) -> None:
     """The summary as the job writes it: indented JSON, UTF-8."""
     with FileSystems.create(path) as f:
@@ -84,14 +104,20 @@ def write_summary(path: str, summary: dict) -> None:
 def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str, int] | None = None):
     """Adds the whole job to ``p``; ``sizes`` (bytes per input file, where known) feed the progress log."""
     read = p | "Read" >> ReadCorpus(paths, config.id_field, config.text_field, sizes)
+    docs = read.docs
+    reusing = bool(config.previous) and not config.previous["why_not"]
+    if reusing:  # before tokenizing: unchanged documents are copied, never tokenized
+        docs, reused, reuse_counts = docs | "Reuse" >> reuse.Reuse(config)
     # Without a tokenizer the model tokenizes raw text itself (TextVectorization): the stage only hashes.
-    tokens = read.docs | "Tokenize" >> beam.ParDo(
+    tokens = docs | "Tokenize" >> beam.ParDo(
         Tokenize(config.tokenizer, None if config.long_docs == "carry" else config.maxlen, config.truncating)
     ).with_outputs(errors.ERRORS, main="ids")
     inputs, tokenize_errors = tokens.ids, tokens[errors.ERRORS]
-    if config.reshuffle:  # a file is read by one worker: its documents spread out before the costly stage
+    if config.reshuffle and not reusing:  # a file is read by one worker: its documents spread out (the join does too)
         inputs = inputs | "SpreadDocuments" >> beam.Reshuffle()
     embedded, failed = inputs | "Embed" >> Embed(config)
+    if reusing:
+        embedded = (embedded, reused) | "WithReused" >> beam.Flatten()
     arrow_schema = write.schema(config.columns, config.mode, config.dtype, config.provenance(),
                                 windows=config.long_docs == "carry")
     shards, rows = embedded | "Write" >> write.WriteEmbeddings(
@@ -119,5 +145,6 @@ def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str
             by_engine=AsDict(rows),
             errors_by_reason=AsDict(by_reason),
             written=AsList(written),
+            **({"reuse_counts": AsDict(reuse_counts)} if reusing else {}),
         )
     )

@@ -173,13 +173,14 @@ def job_argv(work: str, name: str, corpus: str, prefix: str, job_args: str) -> l
 
 
 def run_job_child(work: str, name: str, corpus: str, label: str, job_args: str,
-                  timeout_s: int = JOB_TIMEOUT_S) -> dict:
+                  timeout_s: int = JOB_TIMEOUT_S, keep_output: bool = False) -> dict:
     """One run of ``python -m beam_pipeline`` in a child process, JSONL to finalized Parquet.
 
     Its stderr is read line by line as it comes (a reader thread) and written, timed, to
     ``job-<name>-<label>.log`` in the work dir; ``MARKERS`` lines are timed from ``Popen``. Wall time
     is ``Popen`` to exit; peak RSS is the child's ``ru_maxrss`` from ``os.wait4`` (the largest of the
-    child and the children it waited for, e.g. multi-process DirectRunner workers)."""
+    child and the children it waited for, e.g. multi-process DirectRunner workers). The output is
+    deleted after the run unless ``keep_output`` (it is at ``work/out/<name>-<label>/emb``)."""
     prefix = os.path.join(work, "out", f"{name}-{label}", "emb")
     argv = job_argv(work, name, corpus, prefix, job_args)
     cmd = [sys.executable, "-m", "beam_pipeline", *argv]
@@ -228,7 +229,8 @@ def run_job_child(work: str, name: str, corpus: str, label: str, job_args: str,
         log.write("----- stdout -----\n" + "".join(stdout))
     with open(summary_file, encoding="utf-8") as f:
         summary = json.load(f)
-    shutil.rmtree(os.path.dirname(prefix), ignore_errors=True)
+    if not keep_output:
+        shutil.rmtree(os.path.dirname(prefix), ignore_errors=True)
     metrics = summary.get("metrics") or {}
     printed = METRICS_LINE.search("".join(stdout))  # print_summary's line, when the runner reported metrics
     tokens = metrics.get("tokens", int(printed.group(1)) if printed else None)

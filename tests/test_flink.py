@@ -279,3 +279,29 @@ def build():
     assert flink["embedding_job"]["model_origin"]["builder"] == f"{BUILDER_MODULE}:build"
     job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
     assert job["state"] == "FINISHED"
+
+
+def test_flink_incremental_run_copies_unchanged_rows(flink_cluster, small_job, flink_corpus, tmp_path):
+    """``--previous`` on the cluster: the join by id bucket (CoGroupByKey) and the row-group copies run
+    as Flink tasks; the output equals the DirectRunner's full run over the day's corpus, and the
+    unchanged rows are the previous output's, bit for bit."""
+    paths, docs = flink_corpus
+    base = ["--model", small_job.model, "--tokenizer", small_job.tokenizer, *JOB_FLAGS]
+    helpers.run_job(["--input", *paths, *base, "--output", tmp_path / "day1" / "emb"])
+    day2 = [(d, t + " again" if k < 7 else t) for k, (d, t) in enumerate(docs[12:])] + [("fresh", docs[0][1])]
+    day2_path = helpers.write_jsonl(tmp_path / "day2.jsonl", day2)
+    flink = helpers.run_job(["--input", day2_path, *base, "--output", tmp_path / "flink" / "emb",
+                             "--previous", tmp_path / "day1" / "emb", *flink_cluster.runner_args()])
+    helpers.run_job(["--input", day2_path, *base, "--output", tmp_path / "full" / "emb"])
+    counts = (flink["reused"], flink["new"], flink["changed"], flink["removed"])
+    assert counts == (len(day2) - 8, 1, 7, 12 + len(NO_TOKEN))
+    assert flink["accounted"] and flink["written"] == len(day2)
+    rows, before = _rows(str(tmp_path / "flink" / "emb")), _rows(str(tmp_path / "day1" / "emb"))
+    _assert_same_rows(rows, _rows(str(tmp_path / "full" / "emb")))
+    for doc_id, _ in day2[7:-1]:
+        assert rows[doc_id] == before[doc_id], doc_id
+    job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
+    assert job["state"] == "FINISHED"
+    vertices = {s["vertex"] for s in flink_cluster.subtasks(job["jid"])}
+    for step in ("Reuse/GroupByBucket", "Reuse/GroupByRowGroup"):  # the join and the copies ran as Flink tasks
+        assert any(step in v for v in vertices), (step, vertices)

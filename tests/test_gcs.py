@@ -178,3 +178,38 @@ def test_gs_jsonl_files_read_in_byte_ranges_give_every_document_once(gcs_emulato
     assert len(ids) == len(set(ids)) == 600
     sizes = [b.size for b in client.list_blobs(gcs_emulator.bucket, prefix="assets/corpus-")]
     assert sum(-(-s // 2000) for s in sizes) > 20, "the files were split into many ranges"
+
+
+def test_previous_output_on_gs(gcs_emulator, local_assets, gs_assets, tmp_path):  # noqa: F811
+    """``--previous`` equal to a gs:// ``--output``: the summary is kept aside in the bucket while the
+    run replaces it, unchanged rows are read from the bucket and copied, and the result equals a full
+    local run over the day's corpus."""
+    prefix = gcs_emulator.uri("incremental/emb")
+    run(_argv(gs_assets, prefix))
+    lines = []
+    for part in (0, 1):
+        with open(os.path.join(local_assets["folder"], f"corpus-{part}.jsonl"), encoding="utf-8") as f:
+            lines += [json.loads(line) for line in f]
+    day2 = [r | {"text": r["text"] + " again"} if k < 5 else r for k, r in enumerate(lines[10:])]
+    day2 += [{"id": "added", "text": lines[0]["text"]}]
+    path = tmp_path / "day2.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in day2), encoding="utf-8")
+    argv = ["--input", str(path), "--model", gs_assets["model"], "--tokenizer", gs_assets["tokenizer"], *JOB_FLAGS]
+
+    summary = run([*argv, "--output", prefix, "--previous", prefix])
+    assert (summary["reused"], summary["new"], summary["changed"], summary["removed"]) == (585, 1, 5, 10)
+    assert summary["written"] == len(day2) and summary["accounted"]
+    names = [b.name for b in gcs_emulator.client().list_blobs(gcs_emulator.bucket, prefix="incremental/")]
+    assert "incremental/emb-summary.json" in names and "incremental/emb-summary.previous.json" not in names
+
+    bucket = gcs_emulator.client().bucket(gcs_emulator.bucket)
+    remote = _sorted_by_id(pa.concat_tables([pq.read_table(pa.BufferReader(bucket.blob(p.split("/", 3)[3])
+                                                                           .download_as_bytes()))
+                                             for p in summary["output_files"]]))
+    full = run([*argv, "--output", str(tmp_path / "full")])
+    local = _sorted_by_id(pa.concat_tables([pq.read_table(p) for p in full["output_files"]]))
+    assert remote.column("doc_id").equals(local.column("doc_id"))
+    assert remote.column("text_hash").equals(local.column("text_hash"))
+    a = np.stack(remote.column("vector").to_numpy(zero_copy_only=False))
+    b = np.stack(local.column("vector").to_numpy(zero_copy_only=False))
+    assert np.max(np.abs(a - b)) <= 1e-6

@@ -43,7 +43,7 @@ class Tokenize(beam.DoFn):
             self._tokenizer = BatchTokenizer(self._reference)
 
     def process(self, batch: DocBatch):
-        text_hash = hash_texts(batch.texts)
+        text_hash = hash_texts(batch.texts) if batch.text_hash is None else batch.text_hash  # hashed by Reuse
         if self._tokenizer is None:
             yield DocBatch(batch.ids, batch.texts, text_hash=text_hash)
             return

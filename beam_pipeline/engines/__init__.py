@@ -119,9 +119,10 @@ def context_for(model, layer, mode: str, maxlen: int, padding: str, device: str 
                    input_shape=tuple(model.inputs[0].shape[1:]), jit=jit)
 
 
-# Every engine's name, in a fixed order: a batch's rows carry the engine that computed each as its index
-# here (uint8 codes: counted with one bincount, carried through takes without Python strings).
-NAMES = ("keras", "xla", "onnx", "table")
+# Every engine's name, in a fixed order, and "reused" for rows copied from --previous (transforms/reuse.py):
+# a batch's rows carry where each came from as its index here (uint8 codes: counted with one bincount,
+# carried through takes without Python strings).
+NAMES = ("keras", "xla", "onnx", "table", "reused")
 
 
 def codes(name: str, n: int) -> np.ndarray:

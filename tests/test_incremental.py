@@ -1,0 +1,321 @@
+"""``--previous``: incremental runs on the DirectRunner. A run over a changed corpus with ``--previous``
+writes what a full run over it writes (the same ids, vectors within 1e-6), its reused rows bit-equal
+to the previous output's; provenance differences, a missing summary, ``--previous`` equal to
+``--output``, a killed run and repeated ids."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from beam_pipeline.options import ConfigError
+from beam_pipeline.previous import VALUE_FIELDS, differing_fields
+from tests import helpers
+
+FLAGS = ["--batch_size", "16", "--num_shards", "2"]
+
+
+def _rows(prefix) -> dict:
+    """doc_id -> list of (text_hash, [column values as float arrays], num_tokens), one per row."""
+    table = helpers.read_output(str(prefix), text_hash=True)
+    columns = [c for c in table.column_names if c not in ("doc_id", "num_tokens", "text_hash")]
+    out: dict = {}
+    for k, doc_id in enumerate(table.column("doc_id").to_pylist()):
+        values = [np.asarray(table.column(c)[k].as_py(), dtype=np.float32) for c in columns]
+        out.setdefault(doc_id, []).append((table.column("text_hash")[k].as_py(), values,
+                                           table.column("num_tokens")[k].as_py()))
+    return out
+
+
+def _assert_bit_equal(got: tuple, want: tuple, doc_id: str) -> None:
+    assert got[0] == want[0] and got[2] == want[2], doc_id
+    for g, w in zip(got[1], want[1], strict=True):
+        assert g.tobytes() == w.tobytes(), doc_id
+
+
+def _assert_close(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for doc_id in want:
+        assert len(got[doc_id]) == len(want[doc_id]), doc_id
+        for g, w in zip(sorted(got[doc_id], key=lambda r: r[0]), sorted(want[doc_id], key=lambda r: r[0])):
+            assert g[0] == w[0] and g[2] == w[2], doc_id
+            for a, b in zip(g[1], w[1], strict=True):
+                np.testing.assert_allclose(a, b, atol=1e-6, rtol=0, err_msg=doc_id)
+
+
+def _changed_corpus(docs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict]:
+    """``docs`` with 6 removed, 5 changed (a word appended) and 4 new documents."""
+    removed = {d for d, _ in docs[:6]}
+    changed = {d for d, _ in docs[6:11]}
+    kept = [(d, t + " river" if d in changed else t) for d, t in docs if d not in removed]
+    new = [(f"new{k}", text) for k, (_, text) in enumerate(docs[20:24])]
+    return kept + new, {"removed": removed, "changed": changed, "new": {d for d, _ in new}}
+
+
+@pytest.fixture(scope="module")
+def first_run(small_job, tmp_path_factory):
+    """A full run over 80 demo documents: the previous output of the tests below."""
+    folder = tmp_path_factory.mktemp("first")
+    path, docs = helpers.sample_jsonl(folder, 80, seed=4)
+    summary = helpers.run_job(small_job.argv(path, folder / "emb", *FLAGS))
+    return folder / "emb", docs, summary
+
+
+def test_unchanged_documents_are_copied_and_the_rest_embedded(small_job, first_run, tmp_path):
+    previous, docs, _ = first_run
+    now, kinds = _changed_corpus(docs)
+    path = helpers.write_jsonl(tmp_path / "corpus.jsonl", now)
+    summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--previous", previous))
+    full = helpers.run_job(small_job.argv(path, tmp_path / "full", *FLAGS))
+
+    unchanged = len(now) - len(kinds["changed"]) - len(kinds["new"])
+    assert (summary["reused"], summary["new"], summary["changed"], summary["removed"]) == (unchanged, 4, 5, 6)
+    assert summary["embedded"] == 9 and summary["written"] == len(now) == summary["read"]
+    assert summary["accounted"] and summary["previous"] == {"prefix": str(previous), "not_reused_because": None}
+    assert summary["metrics"]["embedded"] == 9
+    assert full["embedded"] == full["written"] == len(now) and full["reused"] == 0 and "previous" not in full
+    got, before = _rows(tmp_path / "inc"), _rows(previous)
+    _assert_close(got, _rows(tmp_path / "full"))
+    for doc_id, rows in got.items():
+        if doc_id not in kinds["changed"] | kinds["new"]:
+            _assert_bit_equal(rows[0], before[doc_id][0], doc_id)
+    assert not kinds["removed"] & set(got)
+    engines = [json.loads(pq.ParquetFile(p).metadata.metadata[b"embedding_engines"])
+               for p in summary["output_files"]]
+    assert sum(e.get("reused", 0) for e in engines) == unchanged
+
+
+def test_a_run_with_previous_is_the_next_runs_previous(small_job, first_run, tmp_path):
+    """The output of an incremental run is complete on its own: a third run over the same corpus
+    reuses every document of it."""
+    previous, docs, _ = first_run
+    now, _ = _changed_corpus(docs)
+    path = helpers.write_jsonl(tmp_path / "corpus.jsonl", now)
+    helpers.run_job(small_job.argv(path, tmp_path / "day2", *FLAGS, "--previous", previous))
+    third = helpers.run_job(small_job.argv(path, tmp_path / "day3", *FLAGS, "--previous", tmp_path / "day2"))
+    assert (third["reused"], third["embedded"], third["new"], third["changed"], third["removed"]) == (
+        len(now), 0, 0, 0, 0)
+    day2, day3 = _rows(tmp_path / "day2"), _rows(tmp_path / "day3")
+    assert sorted(day2) == sorted(day3)
+    for doc_id in day2:
+        _assert_bit_equal(day3[doc_id][0], day2[doc_id][0], doc_id)
+
+
+@pytest.mark.parametrize("field", VALUE_FIELDS)
+def test_each_value_field_that_differs_is_named(field):
+    current = {k: f"value of {k}" for k in VALUE_FIELDS} | {"version": "1", "model": "a/model.keras"}
+    moved = current | {"version": "2", "model": "b/model.keras"}  # paths and version decide no value
+    assert differing_fields(moved, current) == []
+    assert differing_fields(current | {field: "another"}, current) == [field]
+
+
+def test_another_dtype_recomputes_everything_and_says_why(small_job, first_run, tmp_path, caplog):
+    previous, docs, _ = first_run
+    path = helpers.write_jsonl(tmp_path / "corpus.jsonl", docs)
+    summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--dtype", "float16",
+                                             "--previous", previous))
+    helpers.run_job(small_job.argv(path, tmp_path / "full", *FLAGS, "--dtype", "float16"))
+    assert summary["reused"] == 0 and summary["embedded"] == len(docs) and summary["new"] is None
+    assert summary["previous"]["not_reused_because"] == "provenance differs in: dtype"
+    assert [r.message for r in caplog.records if "not reused" in r.message] == [
+        f"--previous {previous}: not reused, every document is embedded (provenance differs in: dtype)"]
+    _assert_close(_rows(tmp_path / "inc"), _rows(tmp_path / "full"))
+
+
+def test_another_model_recomputes_everything(small_job, first_run, tmp_path):
+    import keras
+
+    previous, docs, _ = first_run
+    keras.utils.set_random_seed(12)
+    inp = keras.Input((32,), dtype="int32")
+    x = keras.layers.Embedding(small_job.vocab, 8, mask_zero=True)(inp)
+    x = keras.layers.LSTM(6, name="lstm")(x)
+    other = tmp_path / "other.keras"
+    keras.Model(inp, keras.layers.Dense(1, name="head")(x)).save(other)
+    path = helpers.write_jsonl(tmp_path / "corpus.jsonl", docs)
+    argv = ["--input", path, "--model", other, "--tokenizer", small_job.tokenizer, "--padding", "pre",
+            "--truncating", "pre", *FLAGS]
+    summary = helpers.run_job([*argv, "--output", tmp_path / "inc", "--previous", previous])
+    helpers.run_job([*argv, "--output", tmp_path / "full"])
+    assert summary["reused"] == 0 and summary["previous"]["not_reused_because"].startswith(
+        "provenance differs in: model_sha256")
+    _assert_close(_rows(tmp_path / "inc"), _rows(tmp_path / "full"))
+
+
+def test_a_previous_output_without_text_hash_is_a_provenance_difference(small_job, first_run, tmp_path):
+    previous, docs, first = first_run
+    old = tmp_path / "old"
+    old.mkdir()
+    shards = []
+    for shard in first["output_files"]:
+        table = pq.read_table(shard).drop_columns(["text_hash"])
+        shards.append(str(old / os.path.basename(shard)))
+        pq.write_table(table, shards[-1])
+    (old / "emb-summary.json").write_text(json.dumps(first | {"output_files": shards}))
+    path = helpers.write_jsonl(tmp_path / "corpus.jsonl", docs)
+    summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--previous", old / "emb"))
+    assert summary["reused"] == 0 and summary["embedded"] == len(docs)
+    assert summary["previous"]["not_reused_because"] == "provenance differs in: text_hash"
+
+
+def test_a_previous_output_without_summary_stops_before_any_work(small_job, first_run, tmp_path, monkeypatch):
+    from beam_pipeline.__main__ import main
+
+    previous, docs, first = first_run
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    for shard in first["output_files"]:
+        (incomplete / os.path.basename(shard)).write_bytes(open(shard, "rb").read())
+    path = helpers.write_jsonl(tmp_path / "corpus.jsonl", docs)
+    out = tmp_path / "out"
+    helpers.run_job(small_job.argv(path, out, *FLAGS))  # a complete output at --output, left untouched
+    before = sorted(glob.glob(f"{out}*"))
+    with pytest.raises(ConfigError, match="emb-summary.json not found"):
+        helpers.run_job(small_job.argv(path, out, *FLAGS, "--previous", incomplete / "emb"))
+    monkeypatch.setattr(sys, "argv", ["beam_pipeline", *map(str, small_job.argv(
+        path, out, *FLAGS, "--previous", incomplete / "emb"))])
+    assert main() == 2
+    assert sorted(glob.glob(f"{out}*")) == before
+
+
+def test_previous_equal_to_output(small_job, first_run, tmp_path):
+    previous, docs, first = first_run
+    out = tmp_path / "emb"
+    path = helpers.write_jsonl(tmp_path / "day1.jsonl", docs)
+    helpers.run_job(small_job.argv(path, out, *FLAGS))
+    before = _rows(out)
+    now, kinds = _changed_corpus(docs)
+    path = helpers.write_jsonl(tmp_path / "day2.jsonl", now)
+    summary = helpers.run_job(small_job.argv(path, out, "--batch_size", "16", "--num_shards", "3",
+                                             "--previous", out))
+    full = helpers.run_job(small_job.argv(path, tmp_path / "full", *FLAGS))
+    assert (summary["reused"], summary["new"], summary["changed"], summary["removed"]) == (len(now) - 9, 4, 5, 6)
+    assert len(summary["output_files"]) == 3 and sorted(glob.glob(f"{out}-*.parquet")) == summary["output_files"]
+    assert not os.path.exists(f"{out}-summary.previous.json")
+    got = _rows(out)
+    _assert_close(got, _rows(tmp_path / "full"))
+    for doc_id in set(got) - kinds["changed"] - kinds["new"]:
+        _assert_bit_equal(got[doc_id][0], before[doc_id][0], doc_id)
+    assert full["written"] == summary["written"]
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("when", ["while copying rows", "after the old shards were deleted"])
+def test_a_killed_run_over_its_previous_output_is_rerun_complete(small_job, first_run, tmp_path, monkeypatch,
+                                                                  when):
+    """``--previous`` equal to ``--output``, the run dies (its summary already deleted at launch; in the
+    second case also the previous shards, replaced by the sink): the same command again writes the
+    complete output, reusing whatever previous rows are still there."""
+    from transforms import reuse, write
+
+    previous, docs, _ = first_run
+    out = tmp_path / "emb"
+    path = helpers.write_jsonl(tmp_path / "day1.jsonl", docs)
+    helpers.run_job(small_job.argv(path, out, *FLAGS))
+    now, _ = _changed_corpus(docs)
+    path = helpers.write_jsonl(tmp_path / "day2.jsonl", now)
+    argv = small_job.argv(path, out, "--batch_size", "16", "--num_shards", "3", "--previous", out)
+
+    def die(*args, **kwargs):
+        if when == "after the old shards were deleted":
+            original(*args, **kwargs)
+        raise _Killed(when)
+
+    if when == "while copying rows":
+        original = reuse.CopyRows.process
+        monkeypatch.setattr(reuse.CopyRows, "process", die)
+    else:
+        original = write.ParquetShards._check_state_for_finalize_write
+        monkeypatch.setattr(write.ParquetShards, "_check_state_for_finalize_write", die)
+    with pytest.raises(Exception, match="_Killed|" + when):
+        helpers.run_job(argv)
+    monkeypatch.undo()
+    assert not os.path.exists(f"{out}-summary.json") and os.path.exists(f"{out}-summary.previous.json")
+    left = glob.glob(f"{out}-*.parquet")
+    assert bool(left) == (when == "while copying rows")
+
+    summary = helpers.run_job(argv)
+    assert summary["written"] == len(now) and summary["accounted"]
+    assert summary["reused"] == (len(now) - 9 if left else 0)
+    assert not os.path.exists(f"{out}-summary.previous.json")
+    helpers.run_job(small_job.argv(path, tmp_path / "full", *FLAGS))
+    _assert_close(_rows(out), _rows(tmp_path / "full"))
+
+
+def test_repeated_ids(small_job, tmp_path):
+    """An id repeated in the input gets one row per occurrence, with or without ``--previous``: each
+    occurrence whose text matches a previous row of that id is copied from the first such row; the
+    others are embedded. ``new`` / ``changed`` / ``reused`` count input documents, ``removed`` ids."""
+    texts = [t for t in helpers.SENTENCES]
+    day1 = [("same", texts[0]), ("same", texts[0]), ("two", texts[1]), ("two", texts[2]), ("gone", texts[3]),
+            ("gone", texts[4]), ("kept", texts[5])]
+    day2 = [("same", texts[0]), ("same", texts[0]), ("same", texts[0]), ("two", texts[2]), ("two", texts[6]),
+            ("kept", texts[5]), ("kept", texts[7])]
+    first = helpers.write_jsonl(tmp_path / "day1.jsonl", day1)
+    second = helpers.write_jsonl(tmp_path / "day2.jsonl", day2)
+    helpers.run_job(small_job.argv(first, tmp_path / "day1", *FLAGS))
+    summary = helpers.run_job(small_job.argv(second, tmp_path / "day2", *FLAGS, "--previous", tmp_path / "day1"))
+    helpers.run_job(small_job.argv(second, tmp_path / "full", *FLAGS))
+    assert (summary["reused"], summary["new"], summary["changed"], summary["removed"]) == (5, 0, 2, 1)
+    got, before = _rows(tmp_path / "day2"), _rows(tmp_path / "day1")
+    assert {k: len(v) for k, v in got.items()} == {"same": 3, "two": 2, "kept": 2}
+    _assert_close(got, _rows(tmp_path / "full"))
+    for row in got["same"]:
+        _assert_bit_equal(row, before["same"][0], "same")
+
+
+@pytest.mark.parametrize("extra", [["--mode", "sequence"], ["--mode", "states"], ["--long_docs", "carry"],
+                                   ["--dtype", "float16"]], ids=["sequence", "states", "carry", "float16"])
+def test_every_output_layout_is_copied_bit_for_bit(small_job, tmp_path, extra):
+    """Ragged ``vectors`` (sequence), several state columns, the ``windows`` column and float16
+    values go through the copy unchanged."""
+    from beam_pipeline.demo import sample_corpus
+
+    docs = [(d["id"], d["text"] * (1 + k % 5)) for k, d in enumerate(sample_corpus(40, seed=9))]
+    path = helpers.write_jsonl(tmp_path / "day1.jsonl", docs)
+    helpers.run_job(small_job.argv(path, tmp_path / "day1", *FLAGS, *extra))
+    now, kinds = _changed_corpus(docs)
+    path = helpers.write_jsonl(tmp_path / "day2.jsonl", now)
+    summary = helpers.run_job(small_job.argv(path, tmp_path / "day2", *FLAGS, *extra, "--previous", tmp_path / "day1"))
+    helpers.run_job(small_job.argv(path, tmp_path / "full", *FLAGS, *extra))
+    assert summary["reused"] == len(now) - 9 and summary["embedded"] == 9
+    got, before = _rows(tmp_path / "day2"), _rows(tmp_path / "day1")
+    _assert_close(got, _rows(tmp_path / "full"))
+    for doc_id in set(got) - kinds["changed"] - kinds["new"]:
+        _assert_bit_equal(got[doc_id][0], before[doc_id][0], doc_id)
+    assert pq.read_schema(summary["output_files"][0]) == pq.read_schema(f"{tmp_path}/full-00000-of-00002.parquet")
+
+
+def test_a_model_that_tokenizes_raw_text(tmp_path):
+    """A model with its own TextVectorization: the documents to embed keep their texts through the join."""
+    import keras
+
+    docs = helpers.corpus(40, seed=8)
+    vectorizer = keras.layers.TextVectorization(max_tokens=40, output_sequence_length=16, name="vectorize")
+    vectorizer.adapt([t for _, t in docs])
+    keras.utils.set_random_seed(8)
+    inp = keras.Input((1,), dtype="string")
+    x = keras.layers.Embedding(40, 5, mask_zero=True)(vectorizer(inp))
+    model_path = tmp_path / "text.keras"
+    keras.Model(inp, keras.layers.Dense(1)(keras.layers.LSTM(4, name="lstm")(x))).save(model_path)
+    argv = ["--model", model_path, *FLAGS]
+    helpers.run_job(["--input", helpers.write_jsonl(tmp_path / "day1.jsonl", docs), "--output", tmp_path / "day1",
+                     *argv])
+    now, kinds = _changed_corpus(docs)
+    path = helpers.write_jsonl(tmp_path / "day2.jsonl", now)
+    summary = helpers.run_job(["--input", path, "--output", tmp_path / "day2", "--previous", tmp_path / "day1", *argv])
+    helpers.run_job(["--input", path, "--output", tmp_path / "full", *argv])
+    assert (summary["reused"], summary["new"], summary["changed"], summary["removed"]) == (len(now) - 9, 4, 5, 6)
+    got, before = _rows(tmp_path / "day2"), _rows(tmp_path / "day1")
+    _assert_close(got, _rows(tmp_path / "full"))
+    for doc_id in set(got) - kinds["changed"] - kinds["new"]:
+        _assert_bit_equal(got[doc_id][0], before[doc_id][0], doc_id)
