@@ -111,7 +111,7 @@ def test_job_reads_and_writes_gs_uris(gcs_emulator, local_assets, gs_assets, tmp
     assert local.column("num_tokens").equals(remote.column("num_tokens"))
     assert written["embedding_job"]["model_sha256"] == local_summary["embedding_job"]["model_sha256"]
     assert written["embedding_job"]["tokenizer_sha256"] == local_summary["embedding_job"]["tokenizer_sha256"]
-    vector_columns = [name for name in remote.column_names if name not in ("doc_id", "num_tokens")]
+    vector_columns = [name for name in remote.column_names if name not in ("doc_id", "num_tokens", "text_hash")]
     assert vector_columns == ["vector"]
     for name in vector_columns:
         a = np.stack(remote.column(name).to_numpy(zero_copy_only=False))

@@ -14,6 +14,7 @@ from beam_pipeline import engines, nested
 from beam_pipeline.inference import Embedder
 from beam_pipeline.inspect import build_report, render_text
 from beam_pipeline.model import load_model
+from beam_pipeline.ragged import Ragged
 from beam_pipeline.recurrent import ModelError
 
 MAXLEN = 12
@@ -136,7 +137,7 @@ def test_final_equals_the_nested_models_own_output(saved):
 def test_every_engine_runs_a_nested_target_exactly_or_declines(saved, name):
     model = saved[name]
     embedder = Embedder(model, CASES[name][1], "final", MAXLEN, padding="post", length_bucketing=False)
-    batch, _, _ = embedder.pad(_sequences(9))
+    batch, _, _ = embedder.pad(Ragged.from_lists(_sequences(9)))
     want = embedder.submodel.predict(batch, verbose=0)
     ran = []
     for engine, reason in engines.eligible(embedder.engine_context).items():

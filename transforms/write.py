@@ -29,6 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsIter, AsSingleton
 
+from beam_pipeline.engines import NAMES
 from transforms.errors import NAMESPACE
 from transforms.read import INPUT_BYTES, InputBytes
 
@@ -217,7 +218,8 @@ def _hash_array(parts: list[Rows]) -> pa.Array:
 def rows_to_table(parts: list[Rows], arrow_schema: pa.Schema, mode: str) -> pa.Table:
     """Batches of embedded documents -> one ``pa.Table`` of ``arrow_schema``."""
     count = sum(len(p) for p in parts)
-    Metrics.counter(NAMESPACE, "embedded").inc(count - sum(int((p.engines == "reused").sum()) for p in parts))
+    reused = NAMES.index("reused")  # rows copied from --previous are written, not embedded
+    Metrics.counter(NAMESPACE, "embedded").inc(count - sum(int((p.engines == reused).sum()) for p in parts))
     ids = pa.concat_arrays([p.ids for p in parts]).cast(pa.string()) if parts else pa.array([], pa.string())
     num_tokens = pa.array(np.concatenate([p.num_tokens for p in parts]).astype(np.int32, copy=False))
     arrays = [ids, num_tokens]
