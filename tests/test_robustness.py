@@ -158,7 +158,8 @@ def _resolve(small_job, tmp_path, *extra, model=None, tokenizer=None, inputs=Non
 
 
 def test_layer_not_found_lists_the_recurrent_candidates(small_job, tmp_path):
-    with pytest.raises(ConfigError, match=r"layer 'nope' not found\. Recurrent layers \(index path:name path\): 2:lstm \(LSTM\)"):
+    expected = r"layer 'nope' not found\. Recurrent layers \(index path:name path\): 2:lstm \(LSTM\)"
+    with pytest.raises(ConfigError, match=expected):
         _resolve(small_job, tmp_path, "--layer", "nope")
 
 
