@@ -105,3 +105,32 @@ def test_job_writes_text_hashes_and_counts_documents_per_engine(small_job, tmp_p
         for name, n in counts.items():
             footers[name] = footers.get(name, 0) + n
     assert footers == summary["documents_by_engine"]
+
+
+def test_a_batch_the_tokenizer_fails_on_dead_letters_only_the_failing_documents(small_job):
+    """The batch tokenizer raising sends the batch through the exact per-document tokenizer: the one
+    document it fails on is a tokenize_failed dead letter, the others keep their ids and hashes."""
+    from beam_pipeline.keras_tokenizer import KerasTokenizer
+    from transforms.tokenize import Tokenize
+
+    stage = Tokenize(small_job.tokenizer, 3, "pre")
+    stage.setup()
+    reference = KerasTokenizer.from_json(open(small_job.tokenizer, encoding="utf-8").read())
+
+    def fail(_):
+        raise RuntimeError("injected")
+
+    def per_document(text):
+        if text == "bad":
+            raise ValueError("this one")
+        return reference.text_to_sequence(text)
+
+    stage._tokenizer.encode, stage._reference.text_to_sequence = fail, per_document
+    texts = ["the dog sleeps here", "bad", "the quick fox"]
+    out = list(stage.process(DocBatch(pa.array(["a", "b", "c"]), pa.array(texts))))
+    letters = [o.value for o in out if not isinstance(o, DocBatch)]
+    (batch,) = [o for o in out if isinstance(o, DocBatch)]
+    assert [(r["doc_id"], r["reason"]) for r in letters] == [("b", "tokenize_failed")]
+    assert batch.ids.to_pylist() == ["a", "c"]
+    assert batch.token_lists() == [reference.text_to_sequence(t)[-3:] for t in (texts[0], texts[2])]
+    assert [bytes(h) for h in batch.text_hash] == [xxhash.xxh3_128_digest(t.encode()) for t in (texts[0], texts[2])]

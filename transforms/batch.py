@@ -44,14 +44,6 @@ class DocBatch:
         """Per-document token lists (for tests and the slow paths only: Python objects per document)."""
         return [self.tokens[a:b].tolist() for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
 
-    @property
-    def nbytes(self) -> int:
-        size = self.ids.nbytes
-        for part in (self.texts, self.offsets, self.tokens, self.text_hash):
-            if part is not None:
-                size += part.nbytes
-        return size
-
     def slice(self, start: int, stop: int) -> DocBatch:
         """Documents ``start`` to ``stop - 1``: NumPy views, Arrow arrays copied compact (a sliced
         Arrow array pickles its parent's whole buffers, and Beam encodes elements it sizes or shuffles)."""

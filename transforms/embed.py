@@ -189,7 +189,7 @@ class EmbedBatches(beam.DoFn):
         docs = concat(self._buffer)
         self._buffer, self._buffered = [], 0
         if self.sort_buffer:
-            docs = docs.take(np.argsort(_lengths(docs), kind="stable"))
+            docs = docs.take(np.argsort(docs.lengths(), kind="stable"))  # only token-id models are sorted
         n = len(docs)
         end = n if whole else n - n % self.batch_size
         for start in range(0, end, self.batch_size):
@@ -222,11 +222,6 @@ class EmbedBatches(beam.DoFn):
         Metrics.distribution(NAMESPACE, "inference_ms").update(int(out.seconds * 1000))
         yield Rows(batch.ids, out.lengths, list(out.columns.values()), out.offsets, out.windows, batch.text_hash,
                    out.engines)
-
-
-def _lengths(docs: DocBatch) -> np.ndarray:
-    """Sort key of length bucketing: tokens per document (raw-text models are not bucketed)."""
-    return np.diff(docs.offsets) if docs.offsets is not None else np.zeros(len(docs), dtype=np.int64)
 
 
 class Embed(beam.PTransform):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from beam_pipeline import files
@@ -50,20 +49,21 @@ class Tokenize(beam.DoFn):
         try:
             offsets, tokens = self._tokenizer.encode(batch.texts)
         except Exception:  # the exact per-document tokenizer finds the documents that fail
-            batch = yield from self._one_by_one(batch)
-            if not len(batch):
+            kept, offsets, tokens = yield from self._one_by_one(batch)
+            if not kept.size:
                 return
-            offsets, tokens, text_hash = batch.offsets, batch.tokens, text_hash[batch.text_hash]
-        fallback = self._tokenizer.last_fallback.size  # rows the exact per-document tokenizer did
-        if fallback:
-            Metrics.counter(NAMESPACE, "tokenize_fallback_rows").inc(fallback)
+            batch, text_hash = batch.take(kept), text_hash[kept]
+        else:
+            fallback = self._tokenizer.last_fallback.size  # rows the exact per-document tokenizer did
+            if fallback:
+                Metrics.counter(NAMESPACE, "tokenize_fallback_rows").inc(fallback)
         if self.maxlen is not None:
             offsets, tokens = truncate(offsets, tokens, self.maxlen, self.truncating)
         yield DocBatch(batch.ids, None, offsets, tokens, text_hash)
 
     def _one_by_one(self, batch: DocBatch):
-        """Dead letters for the documents whose tokenizing raises (yielded); returns the others as a
-        ``DocBatch`` of token ids whose ``text_hash`` holds their positions in ``batch``."""
+        """Dead letters for the documents whose tokenizing raises (yielded); returns the positions of
+        the others in ``batch`` and their token ids (``offsets``, ``tokens``)."""
         keep, seqs = [], []
         for i, (doc_id, text) in enumerate(zip(batch.ids.to_pylist(), batch.texts.to_pylist())):
             try:
@@ -73,6 +73,4 @@ class Tokenize(beam.DoFn):
                 continue
             keep.append(i)
         ragged = Ragged.from_lists(seqs)
-        positions = np.array(keep, dtype=np.int64)
-        return DocBatch(batch.ids.take(pa.array(positions)), None, ragged.offsets, ragged.values.astype(np.int32),
-                        positions)
+        return np.array(keep, dtype=np.int64), ragged.offsets, ragged.values.astype(np.int32)
