@@ -72,6 +72,7 @@ class FlinkCluster:
             java_opts = yaml.safe_load(f)["env"]["java"]["opts"]["all"]  # the distribution's Java 17 flags
         settings = {
             "env.java.opts.all": java_opts,
+            "env.java.opts.taskmanager": "-Djdk.nio.maxCachedBufferSize=262144",
             "jobmanager.rpc.address": "localhost",
             "jobmanager.rpc.port": free_port(),
             "jobmanager.bind-host": "localhost",
@@ -90,6 +91,13 @@ class FlinkCluster:
             "taskmanager.memory.network.min": "768m",
             "taskmanager.memory.network.max": "768m",
             "taskmanager.memory.managed.size": "512m",
+            # Beam's artifact service (in the TaskManager: it serves each SDK worker the job's staged
+            # files) reads them through the JDK's per-thread cache of temporary direct buffers, which
+            # grows with gRPC's executor threads job after job; with the network buffers above taking
+            # most of the direct memory, the 11th job of a session died here with "OutOfMemoryError:
+            # Cannot reserve 2097152 bytes of direct buffer memory" and its SDK workers with exit code 1.
+            # Off-heap room for the framework, and no caching of temporary buffers over 256 KiB.
+            "taskmanager.memory.framework.off-heap.size": "256m",
             # a killed TaskManager is noticed within seconds, not the default 50 s heartbeat timeout
             "heartbeat.interval": 1000,
             "heartbeat.timeout": 5000,

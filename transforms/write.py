@@ -185,7 +185,11 @@ class Rows:
 
     @property
     def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.columns)
+        """Every buffer the rows hold: the vectors and the ids, counts, hashes and engine codes (with
+        1-float vectors the per-row columns are most of a row group)."""
+        size = sum(c.nbytes for c in self.columns) + self.ids.nbytes + self.num_tokens.nbytes
+        return size + sum(a.nbytes for a in (self.offsets, self.windows, self.text_hash, self.engines)
+                          if a is not None)
 
     def take(self, index: np.ndarray) -> Rows:
         """The documents at ``index`` (increasing positions), in that order."""
