@@ -107,13 +107,15 @@ def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str
     docs = read.docs
     reusing = bool(config.previous) and not config.previous["why_not"]
     if reusing:  # before tokenizing: unchanged documents are copied, never tokenized
-        docs, reused, reuse_counts = docs | "Reuse" >> reuse.Reuse(config)
+        # the join groups the first read's keys only; the documents to embed come from a second read
+        again = p | "ReadAgain" >> ReadCorpus(paths, config.id_field, config.text_field, sizes, counting=False)
+        docs, reused, reuse_counts = (docs, again.docs) | "Reuse" >> reuse.Reuse(config)
     # Without a tokenizer the model tokenizes raw text itself (TextVectorization): the stage only hashes.
     tokens = docs | "Tokenize" >> beam.ParDo(
         Tokenize(config.tokenizer, None if config.long_docs == "carry" else config.maxlen, config.truncating)
     ).with_outputs(errors.ERRORS, main="ids")
     inputs, tokenize_errors = tokens.ids, tokens[errors.ERRORS]
-    if config.reshuffle and not reusing:  # a file is read by one worker: its documents spread out (the join does too)
+    if config.reshuffle:  # a file is read by one worker: its documents spread out
         inputs = inputs | "SpreadDocuments" >> beam.Reshuffle()
     embedded, failed = inputs | "Embed" >> Embed(config)
     if reusing:

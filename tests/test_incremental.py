@@ -79,6 +79,7 @@ def test_unchanged_documents_are_copied_and_the_rest_embedded(small_job, first_r
     assert summary["embedded"] == 9 and summary["written"] == len(now) == summary["read"]
     assert summary["accounted"] and summary["previous"] == {"prefix": str(previous), "not_reused_because": None}
     assert summary["metrics"]["embedded"] == 9
+    assert summary["metrics"]["docs_read"] == len(now), "the second read of the input counted its records again"
     assert full["embedded"] == full["written"] == len(now) and full["reused"] == 0 and "previous" not in full
     got, before = _rows(tmp_path / "inc"), _rows(previous)
     _assert_close(got, _rows(tmp_path / "full"))
@@ -89,6 +90,43 @@ def test_unchanged_documents_are_copied_and_the_rest_embedded(small_job, first_r
     engines = [json.loads(pq.ParquetFile(p).metadata.metadata[b"embedding_engines"])
                for p in summary["output_files"]]
     assert sum(e.get("reused", 0) for e in engines) == unchanged
+
+
+def test_the_join_groups_ids_and_hashes_never_texts():
+    """What goes through the join's shuffle (which Beam's local runner holds in memory) is each
+    document's id and text hash, split by bucket: the texts stay out of it."""
+    import pyarrow as pa
+
+    from transforms.batch import DocBatch, hash_texts
+    from transforms.reuse import SplitByBucket, buckets_of
+
+    ids = pa.array([f"doc{i}" for i in range(50)])
+    texts = pa.array([f"text number {i}" for i in range(50)])
+    pieces = list(SplitByBucket(4).process(DocBatch(ids, texts)))
+    assert {b for b, _ in pieces} == set(buckets_of(ids, 4).tolist()) and len(pieces) > 1
+    assert all(piece.texts is None for _, piece in pieces)
+    got = {i: h.tobytes() for _, piece in pieces for i, h in zip(piece.ids.to_pylist(), piece.text_hash)}
+    assert got == {i: h.tobytes() for i, h in zip(ids.to_pylist(), hash_texts(texts))}
+
+
+def test_an_input_that_changes_between_its_two_reads_is_unaccounted(small_job, first_run, tmp_path, monkeypatch):
+    """The documents to embed come from a second read of the input. A document that is not there the
+    second time (the file changed under the run: simulated by dropping one) is never lost silently: the
+    summary's accounting fails and the command exits 1."""
+    from transforms import reuse
+
+    previous, docs, _ = first_run
+    now, _ = _changed_corpus(docs)
+    path = helpers.write_jsonl(tmp_path / "corpus.jsonl", now)
+    original = reuse.KeepToEmbed.process
+
+    def drop_one(self, batch, keys):
+        for kept in original(self, batch, keys):
+            yield kept.take(np.arange(1, len(kept)))
+
+    monkeypatch.setattr(reuse.KeepToEmbed, "process", drop_one)
+    summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--previous", previous))
+    assert not summary["accounted"] and summary["read"] == len(now) > summary["written"]  # main() exits 1
 
 
 def test_a_run_with_previous_is_the_next_runs_previous(small_job, first_run, tmp_path):

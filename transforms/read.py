@@ -73,6 +73,10 @@ class InputBytes:
 
 
 INPUT_BYTES = InputBytes()
+
+
+def _ignore(size: int) -> None:
+    """Where a second read (``counting=False``) reports the bytes it read."""
 COMPRESSED = (".gz", ".bz2", ".deflate", ".zst", ".zstd", ".xz", ".lzma")  # what Beam decompresses by suffix
 
 
@@ -101,17 +105,23 @@ def _cut_short(f, size: int | None) -> bool:
 class ReadRecords(beam.DoFn):
     """One file path in; ``DocBatch`` main outputs, dead letters, and the file's record count."""
 
-    def __init__(self, id_field: str, text_field: str, total_bytes: int = 0, fast: bool = True):
+    def __init__(self, id_field: str, text_field: str, total_bytes: int = 0, fast: bool = True,
+                 counting: bool = True):
         """``fast``: read with the Arrow readers where they are exact (default); False reads every record
-        with the per-record code (the reference the fast readers are tested against)."""
+        with the per-record code (the reference the fast readers are tested against). ``counting``:
+        False for a second read of an input (``--previous``), which neither counts records (metric
+        ``docs_read``) nor restarts the progress share; its record counts and dead letters are the first
+        read's."""
         self.id_field = id_field
         self.text_field = text_field
         self.total_bytes = total_bytes
         self.fast = fast
+        self.counting = counting
         self.run = uuid.uuid4().hex  # one per pipeline built: this run's progress counts
 
     def setup(self):
-        INPUT_BYTES.start(self.run, self.total_bytes)
+        if self.counting:
+            INPUT_BYTES.start(self.run, self.total_bytes)
 
     def process(self, element: str | tuple):
         """``element``: a path, ``(path, size)``, or ``(path, size, start, end)``: the lines of an
@@ -164,6 +174,8 @@ class ReadRecords(beam.DoFn):
             detail = message.splitlines()[0][:500] if message else ""
             yield tagged(None, STAGE, "unreadable_file", path,
                          f"{path}: reading stopped after {count - 1} record(s): {type(failure).__name__}: {detail}")
+        if not self.counting:
+            return
         expected = (end - start) if end is not None else (size or 0)
         INPUT_BYTES.add(max(expected - (self._counted[0] if self._counted else 0), 0))
         Metrics.counter(NAMESPACE, "docs_read").inc(count)
@@ -190,7 +202,7 @@ class ReadRecords(beam.DoFn):
         return doc_id, text
 
     def _blocks(self, f, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int]]:
-        return read_fast.range_blocks(f, start, end, self._counted, INPUT_BYTES.add)
+        return read_fast.range_blocks(f, start, end, self._counted, INPUT_BYTES.add if self.counting else _ignore)
 
     def _halving(self, block: bytes, number: int, offset: int, fast_read, slow_read):
         """The records of ``block`` (lines numbered from ``number``, starting at byte ``offset``); returns
@@ -375,8 +387,9 @@ class ReadCorpus(beam.PTransform):
     and to split large uncompressed JSONL files into ranges of ``split_bytes`` (default ``SPLIT_BYTES``)."""
 
     def __init__(self, paths: list[str], id_field: str, text_field: str, sizes: dict[str, int] | None = None,
-                 split_bytes: int | None = None):
+                 split_bytes: int | None = None, counting: bool = True):
         super().__init__()
+        self.counting = counting
         self.paths = paths
         self.id_field = id_field
         self.text_field = text_field
@@ -390,7 +403,7 @@ class ReadCorpus(beam.PTransform):
             | "InputFiles" >> beam.Create([(p, self.sizes.get(p)) for p in self.paths])
             | "SplitFiles" >> beam.FlatMap(split_files, self.split_bytes)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRecords" >> beam.ParDo(ReadRecords(self.id_field, self.text_field, total)).with_outputs(
-                "errors", COUNTS, main="docs"
-            )
+            | "ReadRecords" >> beam.ParDo(
+                ReadRecords(self.id_field, self.text_field, total, counting=self.counting)
+            ).with_outputs("errors", COUNTS, main="docs")
         )

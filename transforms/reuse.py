@@ -4,17 +4,27 @@ others go on to be tokenized and embedded. The join comes before tokenizing: an 
 never tokenized (it cannot be a tokenizing dead letter either: the same text with the same tokenizer
 failed before, so it has no previous row).
 
-The join is a Beam join keyed by a hash bucket of the id, and stays columnar:
+The join is a Beam join keyed by a hash bucket of the id, and only keys go through it, never texts:
 
-- this run's ``DocBatch``es (ids, texts) are hashed and split by bucket (``SplitByBucket``: one piece
-  per bucket present);
+- this run's ``DocBatch``es are hashed and split by bucket into key pieces (``SplitByBucket``: ids and
+  ``text_hash``, one piece per bucket present);
 - the previous shards are read one row group at a time, two small columns only (``doc_id``,
   ``text_hash``), into ``(bucket, keys)`` pieces with each row's position (file, row group, row);
 - ``CoGroupByKey`` brings a bucket's pieces together; ``JoinBucket`` matches them with Arrow
-  (``index_in`` on ``id || text_hash``) and emits the documents to embed, the positions to copy
-  keyed by (file, row group), and the counts ``reused`` / ``new`` / ``changed`` / ``removed``;
+  (``index_in`` on ``id || text_hash``) and emits the join keys of the documents to embed, the
+  positions to copy keyed by (file, row group), and the counts ``reused`` / ``new`` / ``changed`` /
+  ``removed``;
+- the input is read a second time (``ReadCorpus(counting=False)``: its records and dead letters are
+  the first read's) and ``KeepToEmbed`` keeps the documents whose key is among those to embed (a side
+  input: the keys of the new and changed documents only);
 - ``CopyRows`` reads each wanted row group once, whole, and takes the wanted rows: the previous
   vectors are read where they are copied and never go through a shuffle.
+
+What a worker holds is bounded by a bucket's keys (the shuffle) and the keys of the documents to embed
+(the side input): the texts are never grouped, so Beam's in-process runner, which holds a shuffle in
+memory, stays flat in the corpus size up to those keys (~40-60 bytes per document). Reading twice costs
+~1 µs per document. An input that changes between the two reads is caught by the accounting (``read =
+written + dead-lettered``; exit 1), never written silently wrong.
 
 A document repeated in the input is matched (or not) once per occurrence, so the output has as many
 rows of an id as the input has, as without ``--previous``. When the previous output holds an id and
@@ -65,14 +75,14 @@ def join_keys(ids: pa.Array, hashes: pa.Array) -> pa.Array:
 
 
 class SplitByBucket(beam.DoFn):
-    """``DocBatch(ids, texts)`` -> ``(bucket, DocBatch(ids, texts, text_hash))`` for each bucket its
-    documents fall in."""
+    """``DocBatch(ids, texts)`` -> ``(bucket, DocBatch(ids, text_hash=...))`` (the keys, no texts) for
+    each bucket its documents fall in."""
 
     def __init__(self, buckets: int):
         self.buckets = buckets
 
     def process(self, batch: DocBatch):
-        batch = DocBatch(batch.ids, batch.texts, text_hash=hash_texts(batch.texts))
+        batch = DocBatch(batch.ids, None, text_hash=hash_texts(batch.texts))
         bucket = buckets_of(batch.ids, self.buckets)
         order = np.argsort(bucket, kind="stable")
         starts = np.flatnonzero(np.diff(bucket[order], prepend=-1))
@@ -126,8 +136,9 @@ class ReadPreviousKeys(beam.DoFn):
 
 
 class JoinBucket(beam.DoFn):
-    """``(bucket, {"docs": [DocBatch], "previous": [keys]})`` -> the documents to embed (one
-    ``DocBatch``), ``((file, group), rows)`` to copy (tag ``copy``), ``(count name, n)`` (tag ``counts``)."""
+    """``(bucket, {"docs": [DocBatch of keys], "previous": [keys]})`` -> the join keys of the documents
+    to embed (one ``pa.BinaryArray``), ``((file, group), rows)`` to copy (tag ``copy``), ``(count name,
+    n)`` (tag ``counts``)."""
 
     def process(self, element):
         _, grouped = element
@@ -147,19 +158,19 @@ class JoinBucket(beam.DoFn):
 
     def _match(self, batch: DocBatch, prev: pa.Table | None):
         n = len(batch)
+        keys = join_keys(batch.ids, hash_array(batch.text_hash))
         if prev is None or not prev.num_rows:
             yield from self._count("new", n)
-            yield batch
+            yield keys
             return
-        found = pc.index_in(join_keys(batch.ids, hash_array(batch.text_hash)),
-                            value_set=prev.column("key").combine_chunks())
+        found = pc.index_in(keys, value_set=prev.column("key").combine_chunks())
         matched = found.is_valid().to_numpy(zero_copy_only=False)
         known = pc.is_in(batch.ids, value_set=prev.column("doc_id").combine_chunks()).to_numpy(zero_copy_only=False)
         yield from self._count("reused", int(matched.sum()))
         yield from self._count("changed", int((known & ~matched).sum()))
         yield from self._count("new", int((~known).sum()))
         if not matched.all():
-            yield batch.take(np.flatnonzero(~matched))
+            yield keys.filter(pa.array(~matched))
         if matched.any():
             at = found.filter(found.is_valid())
             hits = prev.take(at)
@@ -225,15 +236,37 @@ class CopyRows(beam.DoFn):
         yield table_to_rows(table.take(pa.array(rows)), self.mode)
 
 
+class KeepToEmbed(beam.DoFn):
+    """The second read's ``DocBatch(ids, texts)`` -> those of its documents to embed (with their
+    ``text_hash``), by their join keys; ``keys``: the side input of ``JoinBucket``'s key arrays."""
+
+    def setup(self):
+        self._side, self._keys = None, None
+
+    def process(self, batch: DocBatch, keys):
+        if self._side is not keys:  # the same side input for every batch of a bundle: one hash set
+            self._side = keys
+            self._keys = pa.concat_arrays(list(keys)) if keys else pa.array([], pa.binary())
+        if not len(self._keys):
+            return
+        text_hash = hash_texts(batch.texts)
+        wanted = pc.is_in(join_keys(batch.ids, hash_array(text_hash)), value_set=self._keys)
+        keep = np.flatnonzero(wanted.to_numpy(zero_copy_only=False))
+        if len(keep):
+            yield DocBatch(batch.ids, batch.texts, text_hash=text_hash).take(keep)
+
+
 class Reuse(beam.PTransform):
-    """``DocBatch(ids, texts)``es -> (documents to tokenize and embed, with their ``text_hash``; reused
-    ``Rows``; ``(count name, n)`` pairs)."""
+    """``(docs, again)``: the ``DocBatch(ids, texts)``es of the first read (hashed and joined: only their
+    keys are grouped) and of a second read of the same input -> (documents to tokenize and embed, with
+    their ``text_hash``; reused ``Rows``; ``(count name, n)`` pairs)."""
 
     def __init__(self, config: JobConfig):
         super().__init__()
         self.config = config
 
-    def expand(self, docs):
+    def expand(self, pcolls):
+        docs, again = pcolls
         previous = self.config.previous
         paths, buckets = tuple(previous["files"]), previous["buckets"]
         keyed_docs = docs | "SplitByBucket" >> beam.ParDo(SplitByBucket(buckets))
@@ -251,4 +284,5 @@ class Reuse(beam.PTransform):
             | "CopyRows" >> beam.ParDo(CopyRows(paths, self.config.mode))
         )
         counts = joined[COUNTS] | "SumCounts" >> beam.CombinePerKey(sum)
-        return joined.embed, reused, counts
+        to_embed = again | "KeepToEmbed" >> beam.ParDo(KeepToEmbed(), beam.pvalue.AsList(joined.embed))
+        return to_embed, reused, counts
