@@ -46,6 +46,13 @@ def small_job(tmp_path_factory) -> SmallJob:
 
 
 @pytest.fixture(scope="session")
+def legacy_tokenizer_cls():
+    """The legacy Keras Tokenizer as tf_keras keeps it: the reference our tokenizers are tested against."""
+    text = pytest.importorskip("tf_keras.preprocessing.text")
+    return text.Tokenizer
+
+
+@pytest.fixture(scope="session")
 def flink_cluster(tmp_path_factory):
     """One real Flink 1.19 cluster on loopback for the whole session: a JobManager and two
     TaskManager processes with 4 slots each (tests/flink_cluster.py)."""

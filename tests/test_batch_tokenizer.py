@@ -274,12 +274,6 @@ UNSEEN = [
 ]
 
 
-@pytest.fixture(scope="session")
-def legacy_tokenizer_cls():
-    text = pytest.importorskip("tf_keras.preprocessing.text")
-    return text.Tokenizer
-
-
 @pytest.mark.parametrize(
     "config",
     [{"oov_token": "<unk>"}, {"num_words": 12, "oov_token": "<unk>"}, {"num_words": 12}, {"char_level": True},

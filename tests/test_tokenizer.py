@@ -69,12 +69,6 @@ UNSEEN = [
 
 
 @pytest.fixture(scope="session")
-def legacy_tokenizer_cls():
-    text = pytest.importorskip("tf_keras.preprocessing.text")
-    return text.Tokenizer
-
-
-@pytest.fixture(scope="session")
 def keras_pad_sequences():
     keras = pytest.importorskip("keras")
     return keras.utils.pad_sequences
