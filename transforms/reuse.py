@@ -241,14 +241,21 @@ class KeepToEmbed(beam.DoFn):
     ``text_hash``), by their join keys; ``keys``: the side input of ``JoinBucket``'s key arrays."""
 
     def setup(self):
-        self._side, self._keys = None, None
+        self._side, self._keys, self._ids = None, None, None
 
     def process(self, batch: DocBatch, keys):
         if self._side is not keys:  # the same side input for every batch of a bundle: one hash set
             self._side = keys
             self._keys = pa.concat_arrays(list(keys)) if keys else pa.array([], pa.binary())
+            self._ids = pc.binary_slice(self._keys, 0, -HASH_BYTES)  # a key is id || text_hash
         if not len(self._keys):
             return
+        # only the documents whose id is among those to embed are hashed (the first read hashed them all)
+        maybe = np.flatnonzero(pc.is_in(batch.ids.cast(pa.binary()), value_set=self._ids)
+                               .to_numpy(zero_copy_only=False))
+        if not len(maybe):
+            return
+        batch = batch.take(maybe)
         text_hash = hash_texts(batch.texts)
         wanted = pc.is_in(join_keys(batch.ids, hash_array(text_hash)), value_set=self._keys)
         keep = np.flatnonzero(wanted.to_numpy(zero_copy_only=False))
