@@ -28,34 +28,54 @@ from beam_pipeline.options import (  # noqa: E402
     job_parser,
     resolve,
 )
-from beam_pipeline.pipeline import build, existing_outputs, start_replacing, summary_path, write_summary  # noqa: E402
+from beam_pipeline.pipeline import (  # noqa: E402
+    build,
+    existing_outputs,
+    start_replacing,
+    summary_path,
+    unaccounted_path,
+    write_summary,
+)
+from beam_pipeline.provenance import differing_fields  # noqa: E402
 from transforms.errors import NAMESPACE  # noqa: E402
 from transforms.write import METADATA_KEY  # noqa: E402
 
-# What must agree between runs for their shards to be the same job's output.
-_SAME_JOB = ("model_sha256", "layer", "mode", "columns", "dtype", "maxlen", "padding", "truncating",
-             "tokenizer_sha256")
 
-
-def check_output_prefix(config: JobConfig) -> None:
-    """Refuses (unless ``--overwrite``) a prefix that holds shards of a different job."""
+def _job_at(prefix: str) -> tuple[dict | None, str]:
+    """The provenance of the output now at ``prefix`` and where it was read: its summary (or the kept
+    copy of a killed run's previous summary), else the footer of its first shard that can be read."""
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
+    for record in (summary_path(prefix), previous.kept_path(prefix)):
+        if files.exists(record):
+            try:
+                return previous.read_summary(record, "--output")["embedding_job"], record
+            except ConfigError:
+                continue  # a damaged record says nothing of whose shards these are: look at them
+    for shard in [p for p in existing_outputs(prefix) if p.endswith(".parquet")]:
+        try:
+            with FileSystems.open(shard) as f:
+                metadata = pq.ParquetFile(f).schema_arrow.metadata or {}
+            return json.loads(metadata.get(METADATA_KEY, b"{}")), shard
+        except Exception:  # noqa: S112 - an unreadable shard is replaced by the run like any stale one
+            continue
+    return None, ""
+
+
+def check_output_prefix(config: JobConfig) -> None:
+    """Refuses (unless ``--overwrite``) a prefix that holds another job's output: one whose provenance
+    differs in a field that decides a value (``provenance.VALUE_FIELDS``, as ``--previous`` compares)."""
     if config.overwrite:
         return
-    shards = [p for p in existing_outputs(config.output) if p.endswith(".parquet")]
-    if not shards:
+    job, where = _job_at(config.output)
+    if job is None:
         return
-    with FileSystems.open(shards[0]) as f:
-        metadata = pq.ParquetFile(f).schema_arrow.metadata or {}
-    previous = json.loads(metadata.get(METADATA_KEY, b"{}"))
-    current = config.provenance()
-    different = [k for k in _SAME_JOB if previous.get(k) != current.get(k)]
+    different = differing_fields(job, config.provenance())
     if different:
         raise ConfigError(
-            f"--output {config.output} already holds {len(shards)} shard(s) of a different job "
-            f"(differs in: {', '.join(different)}). Choose another prefix, or pass --overwrite to replace them."
+            f"--output {config.output} already holds the output of a different job ({where}; differs in: "
+            f"{', '.join(different)}). Choose another prefix, or pass --overwrite to replace it."
         )
 
 
@@ -124,8 +144,11 @@ def run(argv: list[str] | None = None, prog: str = PROG) -> dict | None:
         raise dead_letters.DeadLetterLimitExceeded(message) from e
     result = p.result if hasattr(p, "result") else None
     if not files.exists(summary_path(config.output)):
+        if files.exists(unaccounted_path(config.output)):  # finished, not committed
+            summary = json.loads(files.read_bytes(unaccounted_path(config.output)))
+            summary["metrics"] = metrics_of(result) if result is not None else {}
+            return summary
         return None
-    previous.forget_record(config)
     summary = json.loads(files.read_bytes(summary_path(config.output)))
     summary["metrics"] = metrics_of(result) if result is not None else {}
     if summary["metrics"]:
@@ -145,6 +168,10 @@ def _add_metrics_to_summary_file(prefix: str, summary: dict) -> None:
     FileSystems.rename([temp], [path])
 
 
+def job_prefix(summary: dict) -> str:
+    return summary.get("output_prefix", "PREFIX")
+
+
 def print_summary(summary: dict) -> None:
     job = summary["embedding_job"]
     m = summary.get("metrics", {})
@@ -160,13 +187,18 @@ def print_summary(summary: dict) -> None:
             f"nothing reused ({why})" if why else
             f"reused {summary['reused']}, new {summary['new']}, changed {summary['changed']}, "
             f"removed {summary['removed']}"))
-    lines.append(f"columns: doc_id, num_tokens, {dims} ({job['dtype']})")
+    windows = "windows, " if job.get("long_docs") == "carry" else ""
+    lines.append(f"columns: doc_id, num_tokens, {windows}{dims} ({job['dtype']}), text_hash")
     if m:
         tokens, padded = m.get("tokens", 0), m.get("padded_timesteps", 0)
         lines.append(
             f"tokens {tokens}, padded timesteps {padded} ({padded / max(tokens, 1):.2f} per token), "
             f"batches {m.get('batches', 0)}, inference {m.get('inference_ms_total', 0) / 1000:.2f}s"
         )
+    if not summary["accounted"]:
+        lines.append("NOT COMMITTED: " + summary.get("unaccounted_because", "records unaccounted for")
+                     + f"; no {summary_path(job_prefix(summary))}, the counts are in "
+                     + unaccounted_path(job_prefix(summary)))
     lines.append("output: " + ", ".join(summary["output_files"]))
     if summary["dead_lettered"]:
         lines.append("dead letters: " + ", ".join(summary["error_files"]))

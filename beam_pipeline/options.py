@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import __version__, engines, files, nested, recurrent
+from beam_pipeline import __version__, engines, files, nested, provenance, recurrent
 from beam_pipeline.dead_letters import parse_limit
 from beam_pipeline.logs import LOG_LEVELS
 from beam_pipeline.model.checks import UnreadableModel
@@ -241,6 +241,7 @@ class JobConfig:
     model_fn: str | None = None  # --model_fn: the builder of a weights-only --model
     layer_info: dict = field(default_factory=dict)
     model_sha256: str = ""
+    submodel_sha256: str = ""  # provenance.submodel_digest: what computes the values
     model_origin: dict = field(default_factory=dict)  # model.Provenance.to_dict(): framework, format, translations
     tokenizer_sha256: str | None = None
     engine: str = "auto"
@@ -260,6 +261,7 @@ class JobConfig:
             "version": __version__,
             "model": self.model,
             "model_sha256": self.model_sha256,
+            "submodel_sha256": self.submodel_sha256,
             "model_origin": self.model_origin,
             "layer": self.layer,
             "layer_class": info["class_name"],
@@ -484,7 +486,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
     }
     return JobConfig(
         inputs=tuple(o.input),
-        output=o.output,
+        output=provenance.normalize_prefix(o.output),
         model=o.model,
         tokenizer=o.tokenizer,
         layer=layer_name,
@@ -512,6 +514,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         model_fn=o.model_fn,
         layer_info=layer_info,
         model_sha256=files.sha256_of_file_or_folder(o.model),
+        submodel_sha256=provenance.submodel_digest(model, layer, loaded.provenance.translations),
         model_origin=loaded.provenance.to_dict(),
         tokenizer_sha256=tokenizer_sha,
         engine=o.engine,

@@ -12,6 +12,7 @@ from apache_beam.pvalue import AsDict, AsList
 
 from beam_pipeline import dead_letters, files
 from beam_pipeline.options import JobConfig
+from beam_pipeline.previous import output_generation
 from transforms import errors, reuse, write
 from transforms.embed import Embed
 from transforms.read import COUNTS, ReadCorpus
@@ -27,11 +28,16 @@ def existing_outputs(prefix: str) -> list[str]:
     return sorted(write.final_files(prefix, ".parquet") + write.final_files(prefix + "-errors", ".jsonl"))
 
 
+def unaccounted_path(prefix: str) -> str:
+    """The record of a run that ended with records unaccounted for (its counts; never a commit record)."""
+    return f"{prefix}-unaccounted.json"
+
+
 def _temp_folders(prefix: str) -> list[str]:
     """Beam's temp folders (``beam-temp-<name>-<uuid hex>``) of runs at ``prefix`` and its dead letters."""
     folder, name = FileSystems.split(prefix)
     own = re.compile(r"beam-temp-" + re.escape(name) + r"(-errors)?-[0-9a-f]{32}")
-    pattern = FileSystems.join(folder, f"beam-temp-{name}-*")
+    pattern = FileSystems.join(write.escape(folder), f"beam-temp-{write.escape(name)}-*")
     if files.is_remote(prefix):  # object stores have no folders: the objects inside name them
         paths = [FileSystems.split(m.path)[0] for m in FileSystems.match([pattern + "/*"])[0].metadata_list]
     else:
@@ -43,8 +49,9 @@ def start_replacing(prefix: str) -> None:
     """Called once by the launcher before the run: the summary, the output's commit record, goes
     first (it is written again last, so it exists only while the output is complete), and so do
     the temp folders a crashed run at the same prefix left behind."""
-    if files.exists(summary_path(prefix)):
-        files.delete([summary_path(prefix)])
+    for record in (summary_path(prefix), unaccounted_path(prefix)):
+        if files.exists(record):
+            files.delete([record])
     folders = _temp_folders(prefix)
     files.delete([f + "/" if files.is_remote(f) else f for f in folders])
 
@@ -76,10 +83,34 @@ def _finalize(_, config: JobConfig, read: list[int], by_engine: dict, errors_by_
         "columns": {name: dim for name, dim in config.columns},
         "embedding_job": config.provenance(),
         "max_dead_letters": config.max_dead_letters,
+        "output_prefix": config.output,
     }
+    unaccounted = sum(read) != embedded + reused + dead
+    if reuse_counts and reuse.snapshot_differs(reuse_counts):
+        summary["accounted"], unaccounted = False, True
+        summary["unaccounted_because"] = ("the input changed between the run's two reads of it: the documents read "
+                                          "again to embed are not those the join chose")
+    if unaccounted:  # no commit record: the output is not complete
+        summary.setdefault("unaccounted_because", "records read != records written + dead-lettered")
+        write_summary(unaccounted_path(config.output), summary)
+        yield summary
+        return
     dead_letters.enforce(config.max_dead_letters, config.output, summary)
     write_summary(summary_path(config.output), summary)
+    collect_garbage(config.output, summary)
     yield summary
+
+
+def collect_garbage(prefix: str, summary: dict) -> None:
+    """After the commit: deletes the shards and dead-letter files at ``prefix`` that its summary does not
+    list (earlier runs', another generation's), and the kept record of the previous summary."""
+    from beam_pipeline.previous import kept_path
+
+    listed = set(summary["output_files"]) | set(summary["error_files"])
+    stale = [p for p in existing_outputs(prefix) if p not in listed]
+    stale += [p for p in (kept_path(prefix),) if files.exists(p)]
+    if stale:
+        files.delete(stale)
 
 
 def incremental_counts(config: JobConfig, counts: dict | None) -> dict:
@@ -89,9 +120,14 @@ def incremental_counts(config: JobConfig, counts: dict | None) -> dict:
         return {}
     counts = counts or {}
     compared = not config.previous["why_not"]
+    damaged = {path: reason for key, reason in counts.items() if isinstance(key, str)
+               and key.startswith(reuse.DAMAGED) for path in [key[len(reuse.DAMAGED):]]}
+    not_reused = {**config.previous.get("shards_not_reused", {}), **damaged}
+    compared = compared and not not_reused  # documents of an unused shard are neither new nor changed
     return {
         **{name: counts.get(name, 0) if compared else None for name in ("new", "changed", "removed")},
-        "previous": {"prefix": config.previous["prefix"], "not_reused_because": config.previous["why_not"]},
+        "previous": {"prefix": config.previous["prefix"], "not_reused_because": config.previous["why_not"],
+                     "shards_not_reused": not_reused},
     }
 
 
@@ -123,7 +159,8 @@ def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str
     arrow_schema = write.schema(config.columns, config.mode, config.dtype, config.provenance(),
                                 windows=config.long_docs == "carry")
     shards, rows = embedded | "Write" >> write.WriteEmbeddings(
-        config.output, arrow_schema, config.mode, config.num_shards, config.compression, config.row_group_bytes
+        config.output, arrow_schema, config.mode, config.num_shards, config.compression, config.row_group_bytes,
+        output_generation(config),
     )
     dead = (read.errors, tokenize_errors, failed) | "AllErrors" >> beam.Flatten()
     error_files = (

@@ -1,16 +1,26 @@
-"""``--previous PREFIX``, on the launcher: read the previous output's commit record and decide whether
-its rows may be reused (no Beam pipeline here; the join itself is ``transforms/reuse.py``).
+"""``--previous PREFIX``, on the launcher: read the previous output's commit record and decide what of
+it may be reused (no Beam pipeline here; the join itself is ``transforms/reuse.py``).
 
-A previous output may be reused only when every provenance field that decides a value
-(``VALUE_FIELDS``) equals this run's, and its shards carry ``text_hash``. The summary,
-``PREFIX-summary.json``, must exist: without it the previous output is incomplete, and the run stops
-before any work (``ConfigError``: exit 2).
+A previous output is an untrusted input like any other. Its rows may be reused only when:
 
-When ``--previous`` equals ``--output``, the launcher deletes that summary before the run (it is the
-new output's commit record, written last), so it first copies it to ``PREFIX-summary.previous.json``
-(``keep_record``): a run killed mid-way is then rerun with the same flags, and reuses what is at the
-prefix (rows are copied only from shards whose own footer provenance matches). The copy is removed
-once the new summary is written (``forget_record``).
+- its summary, ``PREFIX-summary.json``, exists and is a summary of this job (without it the previous
+  output is incomplete; a damaged one is refused: ``ConfigError``, exit 2, before any work);
+- its provenance's ``VALUE_FIELDS`` (``beam_pipeline/provenance.py``) equal this run's;
+- and, shard by shard (``check_shard``): the shard exists, parses, carries the same provenance in its
+  footer, has the schema this run writes (columns compared by name, type and list size, in any order),
+  and was written with page checksums. A shard that fails any of these is not used: its documents are
+  embedded again, and the summary says why (``previous.shards_not_reused``). Each row group's pages
+  are then verified against their checksums where they are read (``transforms/reuse.py``).
+
+Shards are listed in the summary by absolute path or URI; one that is not found there is looked for
+beside the summary (an output copied or moved whole, or a summary written with a relative prefix).
+
+When ``--previous`` equals ``--output`` (after ``provenance.normalize_prefix``), the launcher deletes
+the summary before the run (it is the new output's commit record, written last), so it first copies it
+to ``PREFIX-summary.previous.json`` (``keep_record``). The new shards take the other generation's names
+(``transforms/write.py`` ``GENERATIONS``), so the previous shards stay whole until the new summary
+exists; a killed run is rerun with the same command, which finds the kept record and reuses its shards.
+The record and the old shards are deleted once the new summary is written (``pipeline.collect_garbage``).
 """
 
 from __future__ import annotations
@@ -18,27 +28,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from beam_pipeline import files
 from beam_pipeline.options import ConfigError, JobConfig
+from beam_pipeline.provenance import VALUE_FIELDS, differing_fields, normalize_prefix, value_fields
+
+__all__ = ["VALUE_FIELDS", "Previous", "check_shard", "differing_fields", "load"]
 
 LOG = logging.getLogger("beam_pipeline.previous")
 
-# Provenance fields (``embedding_job``) that decide a value; all must be equal for a row to be reused.
-# Not compared: paths (``model``, ``tokenizer``: the same file may move), ``version`` (a release that
-# changes values changes one of these or says so), ``layer_class`` & co (implied by the model's sha256).
-VALUE_FIELDS = ("model_sha256", "model_origin", "layer", "mode", "columns", "dtype", "maxlen", "padding",
-                "truncating", "long_docs", "input", "tokenizer_sha256", "engine", "engine_tolerance")
 HASH_COLUMN = "text_hash"
 KEPT_SUFFIX = "-summary.previous.json"
 DOCS_PER_BUCKET = 50_000  # previous rows per join bucket the launcher aims for
 MAX_BUCKETS = 256  # each input batch is split in at most this many pieces
+PAGE_HEADER_CRC = 0x15  # Thrift compact: field 4 (crc), type i32, right after fields 1-3 of a PageHeader
 
 
 @dataclasses.dataclass(frozen=True)
 class Previous:
-    """What the pipeline needs of the previous output: its shards (empty when nothing may be reused),
-    why nothing is reused (``None`` when rows may be), the differing fields, and the join's bucket count."""
+    """What the pipeline needs of the previous output: the shards that may be reused (empty when
+    nothing may be), why nothing is reused (``None`` when rows may be), the differing fields, the
+    shards not used and why, the join's bucket count, and the generation of the previous shards'
+    names (the new output takes the other one when it is written at the same prefix)."""
 
     prefix: str
     files: tuple[str, ...]
@@ -46,6 +58,8 @@ class Previous:
     differs: tuple[str, ...]
     buckets: int
     provenance: dict
+    shards_not_reused: dict = dataclasses.field(default_factory=dict)
+    generation: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,68 +73,173 @@ def kept_path(prefix: str) -> str:
     return prefix + KEPT_SUFFIX
 
 
-def differing_fields(previous: dict, current: dict) -> list[str]:
-    """The ``VALUE_FIELDS`` whose values differ between two ``embedding_job`` provenances."""
-    return [k for k in VALUE_FIELDS if previous.get(k) != current.get(k)]
+def resolve_listed(record: str, path: str) -> str:
+    """A shard listed in the summary ``record``: as listed when it exists, else the file of that name
+    beside the summary (summaries of outputs copied or moved whole, or written with a relative prefix)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if (files.is_remote(path) or path.startswith("/")) and files.exists(path):
+        return path
+    beside = FileSystems.join(FileSystems.split(record)[0], path.replace("\\", "/").rsplit("/", 1)[-1])
+    return beside if files.exists(beside) else path
 
 
-def _shard_columns(path: str) -> list[str]:
+def read_summary(record: str, flag: str = "--previous") -> dict:
+    """The summary at ``record``, checked to be one this job writes; ``ConfigError`` (naming the file)
+    when it cannot be read or is not such a summary."""
+    try:
+        summary = json.loads(files.read_bytes(record))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{flag}: {record} is damaged (not valid JSON: {e}). It is that output's commit record: rerun the "
+            "job that wrote it, or drop {flag} to embed every document.".replace("{flag}", flag)) from e
+    except OSError as e:
+        raise ConfigError(f"{flag}: {record} cannot be read ({e})") from e
+    listed = summary.get("output_files") if isinstance(summary, dict) else None
+    if not (isinstance(listed, list) and all(isinstance(p, str) for p in listed)
+            and isinstance(summary.get("embedding_job"), dict)):
+        raise ConfigError(f"{flag}: {record} is not a summary of this job (no output_files list or embedding_job). "
+                          f"Point {flag} at an output of this job, or drop it.")
+    return summary
+
+
+def type_key(t) -> str:
+    """A column type without its list items' field names and nullability (which a Parquet round trip
+    may change): ``fixed_size_list[8]<float>``, ``list<fixed_size_list[8]<halffloat>>``, ``string``."""
+    import pyarrow as pa
+
+    if pa.types.is_fixed_size_list(t):
+        return f"fixed_size_list[{t.list_size}]<{type_key(t.value_type)}>"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{type_key(t.value_type)}>"
+    return str(t)
+
+
+def _expected_columns(config: JobConfig) -> dict[str, str]:
+    from transforms import write
+
+    schema = write.schema(config.columns, config.mode, config.dtype, {}, windows=config.long_docs == "carry")
+    return {f.name: type_key(f.type) for f in schema}
+
+
+def pages_have_checksums(handle, metadata, group: int) -> bool:
+    """Whether the first page of every column chunk of row group ``group`` carries a CRC (pyarrow verifies
+    only the pages that have one: a shard written without them could not be checked)."""
+    row_group = metadata.row_group(group)
+    for c in range(row_group.num_columns):
+        column = row_group.column(c)
+        offset = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+        handle.seek(offset)
+        header = handle.read(32)
+        at = 0
+        for _ in range(3):  # fields 1-3: i32 (type, sizes), each a field byte and a zigzag varint
+            if at >= len(header) or header[at] != PAGE_HEADER_CRC:
+                return False
+            at += 1
+            while at < len(header) and header[at] & 0x80:
+                at += 1
+            at += 1
+        if at >= len(header) or header[at] != PAGE_HEADER_CRC:
+            return False
+    return True
+
+
+def check_shard(path: str, expected: dict, columns: dict[str, str]) -> str | None:
+    """Why the previous shard at ``path`` cannot be reused (``None`` when it can, pending each row
+    group's page checksums): missing, unreadable, another job's or no footer provenance, another schema,
+    no page checksums."""
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(path) as f:
-        return pq.ParquetFile(f).schema_arrow.names
+    from transforms.write import METADATA_KEY
 
-
-def _existing_shards(prefix: str) -> list[str]:
-    from transforms.write import final_files
-
-    return final_files(prefix, ".parquet")
+    try:
+        if not files.exists(path):
+            return "missing"
+        with FileSystems.open(path) as f:
+            shard = pq.ParquetFile(f)
+            footer = (shard.schema_arrow.metadata or {}).get(METADATA_KEY)
+            if footer is None:
+                return "no embedding_job footer metadata"
+            differs = differing_fields(json.loads(footer), expected)
+            if differs:
+                return f"footer provenance differs in: {', '.join(differs)}"
+            found = {field.name: type_key(field.type) for field in shard.schema_arrow}
+            if found != columns:
+                missing = sorted(set(columns) - set(found))
+                extra = sorted(set(found) - set(columns))
+                other = sorted(n for n in set(found) & set(columns) if found[n] != columns[n])
+                return "schema differs: " + "; ".join(
+                    part for part in (f"missing {missing}" if missing else "", f"extra {extra}" if extra else "",
+                                      f"other types {other}" if other else "") if part)
+            if shard.metadata.num_row_groups and not pages_have_checksums(f, shard.metadata, 0):
+                return "written without page checksums (their data could not be verified)"
+    except Exception as e:  # truncated, zero bytes, not Parquet, damaged footer: the reader's own words
+        return f"unreadable: {type(e).__name__}: {e}"
+    return None
 
 
 def load(prefix: str, config: JobConfig) -> Previous:
     """Reads ``PREFIX-summary.json`` (or, when ``prefix`` is ``--output``, the copy a killed run kept)
-    and decides what may be reused; raises ``ConfigError`` when the previous output is incomplete."""
-    record, shards = summary_path(prefix), None
+    and decides what may be reused; raises ``ConfigError`` when the previous output is incomplete or
+    its summary damaged."""
+    from transforms.write import generation_of
+
+    prefix = normalize_prefix(prefix)
+    record = summary_path(prefix)
     if not files.exists(record) and prefix == config.output and files.exists(kept_path(prefix)):
-        record, shards = kept_path(prefix), _existing_shards(prefix)  # a run over it was killed: what is there
+        record = kept_path(prefix)  # a run over it was killed: the previous output's record, kept aside
     if not files.exists(record):
         raise ConfigError(
             f"--previous {prefix}: {summary_path(prefix)} not found, so that output is incomplete (its run did not "
             "finish) or not this job's output. Point --previous at a finished run, or drop --previous to embed "
             "every document.")
-    summary = json.loads(files.read_bytes(record))
-    if shards is None:
-        shards = list(summary.get("output_files", []))
-        missing = [p for p in shards if not files.exists(p)]
-        if missing:
-            raise ConfigError(f"--previous {prefix}: {len(missing)} shard(s) listed in {record} are missing "
-                              f"(first: {missing[0]}). Point --previous at a complete output, or drop it.")
-    provenance = summary.get("embedding_job", {})
-    differs = differing_fields(provenance, config.provenance())
-    if shards and HASH_COLUMN not in _shard_columns(shards[0]):
-        differs.append(HASH_COLUMN)
+    summary = read_summary(record)
+    shards = [resolve_listed(record, p) for p in summary["output_files"]]
+    provenance = summary["embedding_job"]
+    current = config.provenance()
+    differs = differing_fields(provenance, current)
     why_not = f"provenance differs in: {', '.join(differs)}" if differs else None
+    not_reused: dict[str, str] = {}
     if why_not:
         LOG.warning("--previous %s: not reused, every document is embedded (%s)", prefix, why_not)
-    rows = int(summary.get("written", summary.get("embedded", 0)))
+    else:
+        expected, columns = value_fields(current), _expected_columns(config)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            reasons = list(pool.map(lambda p: check_shard(p, expected, columns), shards))
+        not_reused = {p: r for p, r in zip(shards, reasons, strict=True) if r}
+        for path, reason in not_reused.items():
+            LOG.warning("--previous %s: shard %s not reused, its documents are embedded again (%s)", prefix, path,
+                        reason)
+    usable = tuple(p for p in shards if p not in not_reused) if not why_not else ()
+    rows = int(summary.get("written", summary.get("embedded", 0)) or 0)
     buckets = max(1, min(MAX_BUCKETS, -(-rows // DOCS_PER_BUCKET)))
-    return Previous(prefix, () if why_not else tuple(shards), why_not, tuple(differs), buckets, provenance)
+    generation = generation_of(shards[0]) if shards else ""
+    return Previous(prefix, usable, why_not, tuple(differs), buckets, provenance, not_reused, generation)
+
+
+def output_generation(config: JobConfig) -> str:
+    """The generation of the new shards' names: the other one than the previous output's when it is
+    at ``--output`` (its shards are read while the new ones are written)."""
+    from transforms.write import GENERATIONS
+
+    if not config.previous or config.previous["prefix"] != config.output:
+        return GENERATIONS[0]
+    return GENERATIONS[1] if config.previous["generation"] == GENERATIONS[0] else GENERATIONS[0]
 
 
 def keep_record(config: JobConfig) -> None:
-    """With ``--previous`` equal to ``--output``: copies the summary aside before the launcher deletes it."""
+    """With ``--previous`` equal to ``--output``: copies the summary aside before the launcher deletes it
+    (a temp copy renamed into place: a kill leaves the old record or the new one, never half of one)."""
     if not config.previous or config.previous["prefix"] != config.output:
         return
     if files.exists(summary_path(config.output)):
         from apache_beam.io.filesystems import FileSystems
 
+        temp = kept_path(config.output) + ".tmp"
+        if files.exists(temp):
+            files.delete([temp])
+        FileSystems.copy([summary_path(config.output)], [temp])
         if files.exists(kept_path(config.output)):
             files.delete([kept_path(config.output)])
-        FileSystems.copy([summary_path(config.output)], [kept_path(config.output)])
-
-
-def forget_record(config: JobConfig) -> None:
-    """After a finished run: the kept copy of the previous summary is no longer needed."""
-    if config.previous and config.previous["prefix"] == config.output and files.exists(kept_path(config.output)):
-        files.delete([kept_path(config.output)])
+        FileSystems.rename([temp], [kept_path(config.output)])

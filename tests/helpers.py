@@ -99,7 +99,12 @@ def read_output(prefix: str, text_hash: bool = False) -> pa.Table:
     """The output's shards as one table. Every shard must end with its ``text_hash`` column
     (``fixed_size_binary(16)``); it is dropped unless ``text_hash``, so that the columns after
     ``doc_id``, ``num_tokens`` (and ``windows``) are the embedding columns."""
-    shards = sorted(glob.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].parquet"))
+    summary = f"{prefix}-summary.json"
+    if os.path.exists(summary):  # the commit record lists the output's shards
+        shards = sorted(json.loads(open(summary).read())["output_files"])
+    else:
+        shards = sorted(glob.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].parquet")
+                        + glob.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].g1.parquet"))
     assert shards, f"no shards at {prefix}"
     table = pa.concat_tables([pq.read_table(s) for s in shards])
     assert table.column_names[-1] == "text_hash" and table.schema.field("text_hash").type == pa.binary(16)

@@ -77,7 +77,8 @@ def test_unchanged_documents_are_copied_and_the_rest_embedded(small_job, first_r
     unchanged = len(now) - len(kinds["changed"]) - len(kinds["new"])
     assert (summary["reused"], summary["new"], summary["changed"], summary["removed"]) == (unchanged, 4, 5, 6)
     assert summary["embedded"] == 9 and summary["written"] == len(now) == summary["read"]
-    assert summary["accounted"] and summary["previous"] == {"prefix": str(previous), "not_reused_because": None}
+    assert summary["accounted"] and summary["previous"] == {"prefix": str(previous), "not_reused_because": None,
+                                                            "shards_not_reused": {}}
     assert summary["metrics"]["embedded"] == 9
     assert summary["metrics"]["docs_read"] == len(now), "the second read of the input counted its records again"
     assert full["embedded"] == full["written"] == len(now) and full["reused"] == 0 and "previous" not in full
@@ -114,6 +115,7 @@ def test_an_input_that_changes_between_its_two_reads_is_unaccounted(small_job, f
     second time (the file changed under the run: simulated by dropping one) is never lost silently: the
     summary's accounting fails and the command exits 1."""
     from transforms import reuse
+    from transforms.batch import DocBatch
 
     previous, docs, _ = first_run
     now, _ = _changed_corpus(docs)
@@ -122,11 +124,48 @@ def test_an_input_that_changes_between_its_two_reads_is_unaccounted(small_job, f
 
     def drop_one(self, batch, keys):
         for kept in original(self, batch, keys):
-            yield kept.take(np.arange(1, len(kept)))
+            yield kept.take(np.arange(1, len(kept))) if isinstance(kept, DocBatch) else kept
 
     monkeypatch.setattr(reuse.KeepToEmbed, "process", drop_one)
     summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--previous", previous))
     assert not summary["accounted"] and summary["read"] == len(now) > summary["written"]  # main() exits 1
+    assert not os.path.exists(f"{tmp_path / 'inc'}-summary.json"), "an unaccounted output was committed"
+    assert json.loads(open(f"{tmp_path / 'inc'}-unaccounted.json").read())["accounted"] is False
+
+
+def test_an_input_edited_between_the_two_reads_same_count_is_unaccounted(small_job, first_run, tmp_path,
+                                                                         monkeypatch):
+    """Issue 24, case 4: between the join's read and the second read one document to embed is replaced by
+    another (same count, so the plain accounting balances): the run is unaccounted, exits 1 and writes no
+    commit record, never an output with one id missing and another duplicated."""
+    from beam_pipeline.__main__ import main
+    from transforms import reuse
+    from transforms.batch import DocBatch
+
+    previous, docs, _ = first_run
+    now, kinds = _changed_corpus(docs)
+    path = helpers.write_jsonl(tmp_path / "corpus.jsonl", now)
+    original = reuse.KeepToEmbed.process
+
+    def substitute(self, batch, keys):
+        import pyarrow as pa
+
+        ids = batch.ids.to_pylist()
+        if "new0" in ids:  # the second read sees "new0" gone and a copy of "new1" in its place
+            texts = batch.texts.to_pylist()
+            at, twin = ids.index("new0"), ids.index("new1")
+            ids[at], texts[at] = ids[twin], texts[twin]
+            batch = DocBatch(pa.array(ids), pa.array(texts))
+        yield from original(self, batch, keys)
+
+    monkeypatch.setattr(reuse.KeepToEmbed, "process", substitute)
+    out = tmp_path / "inc"
+    monkeypatch.setattr(sys, "argv", ["beam_pipeline", *map(str, small_job.argv(
+        path, out, *FLAGS, "--previous", previous))])
+    assert main() == 1
+    assert not os.path.exists(f"{out}-summary.json")
+    record = json.loads(open(f"{out}-unaccounted.json").read())
+    assert record["accounted"] is False and "changed between" in record["unaccounted_because"]
 
 
 def test_a_run_with_previous_is_the_next_runs_previous(small_job, first_run, tmp_path):
@@ -181,12 +220,12 @@ def test_another_model_recomputes_everything(small_job, first_run, tmp_path):
             "--truncating", "pre", *FLAGS]
     summary = helpers.run_job([*argv, "--output", tmp_path / "inc", "--previous", previous])
     helpers.run_job([*argv, "--output", tmp_path / "full"])
-    assert summary["reused"] == 0 and summary["previous"]["not_reused_because"].startswith(
-        "provenance differs in: model_sha256")
+    assert summary["reused"] == 0 and summary["previous"]["not_reused_because"] == (
+        "provenance differs in: submodel_sha256")
     _assert_close(_rows(tmp_path / "inc"), _rows(tmp_path / "full"))
 
 
-def test_a_previous_output_without_text_hash_is_a_provenance_difference(small_job, first_run, tmp_path):
+def test_a_previous_output_without_text_hash_is_not_reused_shard_by_shard(small_job, first_run, tmp_path):
     previous, docs, first = first_run
     old = tmp_path / "old"
     old.mkdir()
@@ -199,7 +238,9 @@ def test_a_previous_output_without_text_hash_is_a_provenance_difference(small_jo
     path = helpers.write_jsonl(tmp_path / "corpus.jsonl", docs)
     summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--previous", old / "emb"))
     assert summary["reused"] == 0 and summary["embedded"] == len(docs)
-    assert summary["previous"]["not_reused_because"] == "provenance differs in: text_hash"
+    assert summary["previous"]["not_reused_because"] is None
+    assert summary["previous"]["shards_not_reused"] == {p: "schema differs: missing ['text_hash']" for p in shards}
+    assert (summary["new"], summary["changed"], summary["removed"]) == (None, None, None)
 
 
 def test_a_previous_output_without_summary_stops_before_any_work(small_job, first_run, tmp_path, monkeypatch):
@@ -247,46 +288,54 @@ class _Killed(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("when", ["while copying rows", "after the old shards were deleted"])
+@pytest.mark.parametrize("when", ["while copying rows", "after some new shards were renamed into place"])
 def test_a_killed_run_over_its_previous_output_is_rerun_complete(small_job, first_run, tmp_path, monkeypatch,
                                                                   when):
     """``--previous`` equal to ``--output``, the run dies (its summary already deleted at launch; in the
-    second case also the previous shards, replaced by the sink): the same command again writes the
-    complete output, reusing whatever previous rows are still there."""
-    from transforms import reuse, write
+    second case after the sink renamed one of its shards into place): the previous shards are all still
+    there, so the same command again writes the complete output and reuses every unchanged row."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms import reuse
 
     previous, docs, _ = first_run
     out = tmp_path / "emb"
     path = helpers.write_jsonl(tmp_path / "day1.jsonl", docs)
     helpers.run_job(small_job.argv(path, out, *FLAGS))
-    now, _ = _changed_corpus(docs)
+    before = _rows(out)
+    now, kinds = _changed_corpus(docs)
     path = helpers.write_jsonl(tmp_path / "day2.jsonl", now)
     argv = small_job.argv(path, out, "--batch_size", "16", "--num_shards", "3", "--previous", out)
 
     def die(*args, **kwargs):
-        if when == "after the old shards were deleted":
-            original(*args, **kwargs)
+        raise _Killed(when)
+
+    def rename_one_then_die(sources, destinations):
+        if "beam-temp-" not in sources[0]:  # the launcher's own renames
+            return original(sources, destinations)
+        original([sources[0]], [destinations[0]])
         raise _Killed(when)
 
     if when == "while copying rows":
-        original = reuse.CopyRows.process
         monkeypatch.setattr(reuse.CopyRows, "process", die)
     else:
-        original = write.ParquetShards._check_state_for_finalize_write
-        monkeypatch.setattr(write.ParquetShards, "_check_state_for_finalize_write", die)
+        original = FileSystems.rename
+        monkeypatch.setattr(FileSystems, "rename", rename_one_then_die)
     with pytest.raises(Exception, match="_Killed|" + when):
         helpers.run_job(argv)
     monkeypatch.undo()
     assert not os.path.exists(f"{out}-summary.json") and os.path.exists(f"{out}-summary.previous.json")
-    left = glob.glob(f"{out}-*.parquet")
-    assert bool(left) == (when == "while copying rows")
 
     summary = helpers.run_job(argv)
     assert summary["written"] == len(now) and summary["accounted"]
-    assert summary["reused"] == (len(now) - 9 if left else 0)
+    assert summary["reused"] == len(now) - 9, "previous work was lost to the kill"
     assert not os.path.exists(f"{out}-summary.previous.json")
+    assert sorted(glob.glob(f"{out}-*.parquet")) == summary["output_files"], "stale shards left beside the output"
     helpers.run_job(small_job.argv(path, tmp_path / "full", *FLAGS))
-    _assert_close(_rows(out), _rows(tmp_path / "full"))
+    got = _rows(out)
+    _assert_close(got, _rows(tmp_path / "full"))
+    for doc_id in set(got) - kinds["changed"] - kinds["new"]:
+        _assert_bit_equal(got[doc_id][0], before[doc_id][0], doc_id)
 
 
 def test_repeated_ids(small_job, tmp_path):

@@ -55,14 +55,16 @@ _IMPORTED = time.time()
 
 
 def process_age_s() -> float:
-    """Seconds since this process started (Linux: /proc; elsewhere since this module was imported)."""
+    """Seconds since this process started (Linux: its start time in clock ticks after boot against
+    ``/proc/uptime``, both to 1/100 s; ``btime`` of ``/proc/stat`` is whole seconds and could add up to one;
+    elsewhere: since this module was imported)."""
     try:
         with open("/proc/self/stat") as f:
             start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError, StopIteration):
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
         return time.time() - _IMPORTED
 
 

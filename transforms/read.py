@@ -181,24 +181,26 @@ class ReadRecords(beam.DoFn):
         Metrics.counter(NAMESPACE, "docs_read").inc(count)
         yield beam.pvalue.TaggedOutput(COUNTS, count)
 
-    def _fields(self, record: dict, raw: object):
-        """The ``(doc_id, text)`` of a parsed record, or a dead letter."""
+    def _fields(self, record: dict, raw: object, where: str = ""):
+        """The ``(doc_id, text)`` of a parsed record, or a dead letter (its detail starting with
+        ``where``, the ``file:line`` of a JSONL record, when given)."""
+        at = f"{where}: " if where else ""
         doc_id = record.get(self.id_field)
         text = record.get(self.text_field)
         if isinstance(doc_id, bytes):  # a binary id column (Parquet)
             try:
                 doc_id = doc_id.decode("utf-8")
             except UnicodeDecodeError:
-                return tagged(None, STAGE, "invalid_id", raw, f"{self.id_field!r} holds bytes that are not UTF-8")
+                return tagged(None, STAGE, "invalid_id", raw, f"{at}{self.id_field!r} holds bytes that are not UTF-8")
         if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-            return tagged(None, STAGE, "missing_id", raw, f"no non-empty field {self.id_field!r}")
+            return tagged(None, STAGE, "missing_id", raw, f"{at}no non-empty field {self.id_field!r}")
         if isinstance(doc_id, (dict, list, bool, float)):
-            return tagged(None, STAGE, "invalid_id", raw, f"{self.id_field!r} must be a string or an integer")
+            return tagged(None, STAGE, "invalid_id", raw, f"{at}{self.id_field!r} must be a string or an integer")
         doc_id = str(doc_id)
         if text is None:
-            return tagged(doc_id, STAGE, "missing_text", raw, f"no field {self.text_field!r}")
+            return tagged(doc_id, STAGE, "missing_text", raw, f"{at}no field {self.text_field!r}")
         if not isinstance(text, str):
-            return tagged(doc_id, STAGE, "non_string_text", raw, f"{self.text_field!r} is {type(text).__name__}")
+            return tagged(doc_id, STAGE, "non_string_text", raw, f"{at}{self.text_field!r} is {type(text).__name__}")
         return doc_id, text
 
     def _blocks(self, f, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int]]:
@@ -324,7 +326,7 @@ class ReadRecords(beam.DoFn):
             yield tagged(None, STAGE, "invalid_utf8", raw,
                          f"{where}: {self.id_field!r} or {self.text_field!r} holds a lone surrogate escape")
             return
-        yield self._fields(record, raw)
+        yield self._fields(record, raw, where)
 
     def _csv(self, path: str, f) -> Iterator:
         blocks = (block for block, _ in self._blocks(f))

@@ -53,6 +53,53 @@ LOG = logging.getLogger("beam_pipeline.reuse")
 REUSED = "reused"  # the engine name of copied rows (footers' ``embedding_engines``)
 COPY, COUNTS = "copy", "counts"
 KEY_COLUMNS = ["doc_id", "text_hash"]
+DAMAGED = "damaged:"  # counts' key prefix: a previous shard (path after it) some of whose row groups failed checks
+# The one-snapshot check of the two reads: how many join keys the join chose to embed and the sum of their
+# 64-bit fingerprints, against the same of the documents the second read kept.
+TO_EMBED, TO_EMBED_SUM, KEPT, KEPT_SUM = "to_embed", "to_embed_sum", "kept", "kept_sum"
+SNAPSHOT_KEYS = (TO_EMBED, TO_EMBED_SUM, KEPT, KEPT_SUM)
+
+
+def fingerprint_sum(keys: pa.Array) -> int:
+    """The sum of the 64-bit XXH3 fingerprints of ``keys``: equal for equal multisets of keys."""
+    import xxhash
+
+    digest = xxhash.xxh3_64_intdigest
+    return sum(digest(k) for k in keys.to_pylist()) % (1 << 64)
+
+
+def snapshot_differs(counts: dict) -> bool:
+    """Whether the second read kept other documents than the join chose (the input changed in between)."""
+    sums = (counts.get(TO_EMBED_SUM, 0) % (1 << 64), counts.get(KEPT_SUM, 0) % (1 << 64))
+    return counts.get(TO_EMBED, 0) != counts.get(KEPT, 0) or sums[0] != sums[1]
+
+
+def combine_counts(values) -> int | str:
+    """Sums the counts of one key; a damaged shard's reasons are joined."""
+    values = list(values)
+    if values and isinstance(values[0], str):
+        return "; ".join(sorted(set(values)))
+    return sum(values)
+
+
+def read_checked(path: str, group: int, columns: list[str] | None = None) -> pa.Table:
+    """Row group ``group`` of the shard at ``path``, every page verified against its CRC-32 (and each
+    column chunk checked to have one); raises ``ValueError`` naming the file when a check fails."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    from beam_pipeline.previous import pages_have_checksums
+
+    try:
+        with FileSystems.open(path) as f:
+            shard = pq.ParquetFile(f, page_checksum_verification=True)
+            if not pages_have_checksums(f, shard.metadata, group):
+                raise ValueError("a page without a checksum")
+            return shard.read_row_group(group, columns=columns)
+    except ValueError as e:
+        raise ValueError(f"{path} row group {group}: {e}") from e
+    except Exception as e:  # OSError from a bad checksum or page header, ArrowInvalid, ...
+        raise ValueError(f"{path} row group {group}: {type(e).__name__}: {e}") from e
 
 
 def buckets_of(ids: pa.Array, buckets: int) -> np.ndarray:
@@ -90,20 +137,17 @@ class SplitByBucket(beam.DoFn):
             yield int(bucket[order[start]]), batch.take(order[start:stop])
 
 
-def _value_fields(provenance: dict) -> dict:
-    from beam_pipeline.previous import VALUE_FIELDS
-
-    return {k: provenance.get(k) for k in VALUE_FIELDS}
-
-
 class ReadPreviousKeys(beam.DoFn):
     """``(file index, path)`` of a previous shard -> ``(bucket, pa.Table(doc_id, key, file, group, row))``
-    per bucket and row group: the ids, join keys and positions, never the vectors. A shard whose own
-    footer provenance differs from this run's, or that has no ``text_hash`` (left at ``--output`` by a
-    killed run of another job), is skipped."""
+    per bucket and row group: the ids, join keys and positions, never the vectors. Each row group is read
+    whole with its pages verified against their checksums (``read_checked``): one that fails, or a shard
+    whose footer says another job (changed since the launcher checked it), gives no keys, so its documents
+    are embedded again, and ``(DAMAGED + path, reason)`` goes to the counts (tag ``counts``)."""
 
     def __init__(self, provenance: dict, buckets: int):
-        self.expected = _value_fields(provenance)
+        from beam_pipeline.provenance import value_fields
+
+        self.expected = value_fields(provenance)
         self.buckets = buckets
 
     def process(self, element: tuple[int, str]):
@@ -112,27 +156,41 @@ class ReadPreviousKeys(beam.DoFn):
         import pyarrow.parquet as pq
         from apache_beam.io.filesystems import FileSystems
 
+        from beam_pipeline.provenance import differing_fields
+
         index, path = element
-        with FileSystems.open(path) as f:
-            shard = pq.ParquetFile(f)
-            found = json.loads((shard.schema_arrow.metadata or {}).get(METADATA_KEY, b"{}"))
-            if _value_fields(found) != self.expected or "text_hash" not in shard.schema_arrow.names:
-                LOG.warning("previous shard %s: its provenance differs from this run's; none of its rows reused", path)
-                return
-            for group in range(shard.num_row_groups):
-                keys = shard.read_row_group(group, columns=KEY_COLUMNS)
-                ids = keys.column("doc_id").combine_chunks()
-                n = len(ids)
-                table = pa.table({
-                    "doc_id": ids,
-                    "key": join_keys(ids, keys.column("text_hash").combine_chunks()),
-                    "file": pa.array(np.full(n, index, dtype=np.int32)),
-                    "group": pa.array(np.full(n, group, dtype=np.int32)),
-                    "row": pa.array(np.arange(n, dtype=np.int32)),
-                })
-                bucket = buckets_of(ids, self.buckets)
-                for b in np.unique(bucket):
-                    yield int(b), table.filter(pa.array(bucket == b))
+        try:
+            with FileSystems.open(path) as f:
+                shard = pq.ParquetFile(f)
+                found = json.loads((shard.schema_arrow.metadata or {}).get(METADATA_KEY, b"{}"))
+                groups = shard.num_row_groups
+        except Exception as e:
+            yield beam.pvalue.TaggedOutput(COUNTS, (DAMAGED + path, f"unreadable: {type(e).__name__}: {e}"))
+            return
+        differs = differing_fields(found, self.expected)
+        if differs:
+            LOG.warning("previous shard %s: its provenance differs from this run's; none of its rows reused", path)
+            yield beam.pvalue.TaggedOutput(COUNTS, (DAMAGED + path, f"footer provenance differs in: {differs}"))
+            return
+        for group in range(groups):
+            try:
+                keys = read_checked(path, group).select(KEY_COLUMNS)
+            except ValueError as e:
+                LOG.warning("previous shard %s: not reused where damaged (%s)", path, e)
+                yield beam.pvalue.TaggedOutput(COUNTS, (DAMAGED + path, f"damaged: {e}"))
+                continue
+            ids = keys.column("doc_id").combine_chunks()
+            n = len(ids)
+            table = pa.table({
+                "doc_id": ids,
+                "key": join_keys(ids, keys.column("text_hash").combine_chunks()),
+                "file": pa.array(np.full(n, index, dtype=np.int32)),
+                "group": pa.array(np.full(n, group, dtype=np.int32)),
+                "row": pa.array(np.arange(n, dtype=np.int32)),
+            })
+            bucket = buckets_of(ids, self.buckets)
+            for b in np.unique(bucket):
+                yield int(b), table.filter(pa.array(bucket == b))
 
 
 class JoinBucket(beam.DoFn):
@@ -161,7 +219,7 @@ class JoinBucket(beam.DoFn):
         keys = join_keys(batch.ids, hash_array(batch.text_hash))
         if prev is None or not prev.num_rows:
             yield from self._count("new", n)
-            yield keys
+            yield from self._to_embed(keys)
             return
         found = pc.index_in(keys, value_set=prev.column("key").combine_chunks())
         matched = found.is_valid().to_numpy(zero_copy_only=False)
@@ -170,17 +228,24 @@ class JoinBucket(beam.DoFn):
         yield from self._count("changed", int((known & ~matched).sum()))
         yield from self._count("new", int((~known).sum()))
         if not matched.all():
-            yield keys.filter(pa.array(~matched))
+            yield from self._to_embed(keys.filter(pa.array(~matched)))
         if matched.any():
             at = found.filter(found.is_valid())
             hits = prev.take(at)
             where = np.stack([hits.column(c).to_numpy() for c in ("file", "group", "row")], axis=1)
             order = np.lexsort((where[:, 2], where[:, 1], where[:, 0]))
             where = where[order]
+            wanted = hits.column("key").combine_chunks().take(pa.array(order))
             starts = np.flatnonzero(np.any(np.diff(where[:, :2], axis=0, prepend=-1) != 0, axis=1))
             for start, stop in zip(starts, np.append(starts[1:], len(where))):
                 key = (int(where[start, 0]), int(where[start, 1]))
-                yield beam.pvalue.TaggedOutput(COPY, (key, where[start:stop, 2].astype(np.int64)))
+                rows = where[start:stop, 2].astype(np.int64)
+                yield beam.pvalue.TaggedOutput(COPY, (key, (rows, wanted.slice(start, stop - start))))
+
+    def _to_embed(self, keys: pa.Array):
+        yield keys
+        yield from self._count(TO_EMBED, len(keys))
+        yield beam.pvalue.TaggedOutput(COUNTS, (TO_EMBED_SUM, fingerprint_sum(keys)))
 
     @staticmethod
     def _count(name: str, n: int):
@@ -189,51 +254,58 @@ class JoinBucket(beam.DoFn):
             yield beam.pvalue.TaggedOutput(COUNTS, (name, n))
 
 
-def table_to_rows(table: pa.Table, mode: str) -> Rows:
-    """A table of the output's schema -> ``Rows`` holding the very same values (engine ``reused``)."""
+def table_to_rows(table: pa.Table, mode: str, columns: list[str]) -> Rows:
+    """A table of the output's columns (taken by name, in any order) -> ``Rows`` holding the very same
+    values (engine ``reused``)."""
     n = table.num_rows
     names = table.column_names
-    first = 3 if names[2] == "windows" else 2
-    columns, offsets = [], None
-    for name in names[first:-1]:
+    vectors, offsets = [], None
+    for name in columns:
         array = table.column(name).combine_chunks()
         if mode == "sequence":
             offsets = np.asarray(array.offsets.to_numpy(), dtype=np.int64)
             offsets = offsets - offsets[0]
             array = array.flatten()
         dim = array.type.list_size
-        columns.append(array.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim))
+        vectors.append(array.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim))
     hashes = table.column("text_hash").combine_chunks()
     text_hash = np.frombuffer(hashes.buffers()[1], dtype=np.uint8)[
         hashes.offset * HASH_BYTES:(hashes.offset + n) * HASH_BYTES].reshape(n, HASH_BYTES).copy()
     return Rows(
         table.column("doc_id").combine_chunks(),
         table.column("num_tokens").to_numpy().astype(np.int32),
-        columns,
+        vectors,
         offsets,
-        table.column("windows").to_numpy().astype(np.int32) if first == 3 else None,
+        table.column("windows").to_numpy().astype(np.int32) if "windows" in names else None,
         text_hash,
         engine_codes(REUSED, n),
     )
 
 
 class CopyRows(beam.DoFn):
-    """``((file, group), [rows])`` -> one ``Rows`` of those previous rows (a row asked for twice, by
-    an id repeated in the input, is copied twice): the row group is read once, whole."""
+    """``((file, group), [(rows, keys)])`` -> one ``Rows`` of those previous rows (a row asked for twice,
+    by an id repeated in the input, is copied twice): the row group is read once, whole, its pages
+    verified against their checksums, and each row's ``doc_id || text_hash`` checked to be the key the
+    join matched. A check that fails now (the shard changed during the run) fails the run: nothing is
+    committed, never a row copied from other data."""
 
-    def __init__(self, paths: tuple[str, ...], mode: str):
+    def __init__(self, paths: tuple[str, ...], mode: str, columns: list[str]):
         self.paths = paths
         self.mode = mode
+        self.columns = columns
 
     def process(self, element):
-        import pyarrow.parquet as pq
-        from apache_beam.io.filesystems import FileSystems
-
         (index, group), wanted = element
-        rows = np.concatenate(list(wanted))
-        with FileSystems.open(self.paths[index]) as f:
-            table = pq.ParquetFile(f).read_row_group(group)
-        yield table_to_rows(table.take(pa.array(rows)), self.mode)
+        wanted = list(wanted)
+        rows = np.concatenate([r for r, _ in wanted])
+        expected = pa.concat_arrays([k for _, k in wanted])
+        path = self.paths[index]
+        table = read_checked(path, group).take(pa.array(rows))
+        got = join_keys(table.column("doc_id").combine_chunks(), table.column("text_hash").combine_chunks())
+        if not pc.all(pc.equal(got, expected.cast(got.type))).as_py():
+            raise ValueError(f"previous shard {path} row group {group} changed during the run: its rows are not "
+                             "those the join matched; nothing is committed, rerun the job")
+        yield table_to_rows(table, self.mode, self.columns)
 
 
 class KeepToEmbed(beam.DoFn):
@@ -260,7 +332,12 @@ class KeepToEmbed(beam.DoFn):
         wanted = pc.is_in(join_keys(batch.ids, hash_array(text_hash)), value_set=self._keys)
         keep = np.flatnonzero(wanted.to_numpy(zero_copy_only=False))
         if len(keep):
-            yield DocBatch(batch.ids, batch.texts, text_hash=text_hash).take(keep)
+            kept = DocBatch(batch.ids, batch.texts, text_hash=text_hash).take(keep)
+            yield kept
+            keys = join_keys(kept.ids, hash_array(kept.text_hash))
+            Metrics.counter(NAMESPACE, KEPT).inc(len(keys))
+            yield beam.pvalue.TaggedOutput(COUNTS, (KEPT, len(keys)))
+            yield beam.pvalue.TaggedOutput(COUNTS, (KEPT_SUM, fingerprint_sum(keys)))
 
 
 class Reuse(beam.PTransform):
@@ -282,14 +359,17 @@ class Reuse(beam.PTransform):
             | "PreviousShards" >> beam.Create(list(enumerate(paths)))
             | "SpreadShards" >> beam.Reshuffle()
             | "ReadPreviousKeys" >> beam.ParDo(ReadPreviousKeys(self.config.provenance(), buckets))
+            .with_outputs(COUNTS, main="keys")
         )
-        joined = ({"docs": keyed_docs, "previous": keys} | "GroupByBucket" >> beam.CoGroupByKey()
+        joined = ({"docs": keyed_docs, "previous": keys.keys} | "GroupByBucket" >> beam.CoGroupByKey()
                   | "JoinBucket" >> beam.ParDo(JoinBucket()).with_outputs(COPY, COUNTS, main="embed"))
         reused = (
             joined[COPY]
             | "GroupByRowGroup" >> beam.GroupByKey()
-            | "CopyRows" >> beam.ParDo(CopyRows(paths, self.config.mode))
+            | "CopyRows" >> beam.ParDo(CopyRows(paths, self.config.mode, [name for name, _ in self.config.columns]))
         )
-        counts = joined[COUNTS] | "SumCounts" >> beam.CombinePerKey(sum)
-        to_embed = again | "KeepToEmbed" >> beam.ParDo(KeepToEmbed(), beam.pvalue.AsList(joined.embed))
-        return to_embed, reused, counts
+        kept = again | "KeepToEmbed" >> beam.ParDo(KeepToEmbed(), beam.pvalue.AsList(joined.embed)).with_outputs(
+            COUNTS, main="docs")
+        counts = ((joined[COUNTS], keys[COUNTS], kept[COUNTS]) | "AllCounts" >> beam.Flatten()
+                  | "SumCounts" >> beam.CombinePerKey(combine_counts))
+        return kept.docs, reused, counts

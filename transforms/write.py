@@ -64,24 +64,38 @@ def _fixed_size(values: np.ndarray, field_type: pa.DataType) -> pa.Array:
 
 
 SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+# With --previous equal to --output, the new shards must not take the names of the shards being read:
+# a run writes ``PREFIX-SSSSS-of-NNNNN.parquet`` or, when the previous output at its prefix has those
+# names, ``PREFIX-SSSSS-of-NNNNN.g1.parquet``, so the previous output stays whole until the new summary exists.
+GENERATIONS = ("", ".g1")
+
+
+def escape(prefix: str) -> str:
+    """``prefix`` with glob characters (``*``, ``?``, ``[``) matched literally by ``FileSystems.match``."""
+    return re.sub(r"([*?\[])", r"[\1]", prefix)
 
 
 def final_files(prefix: str, suffix: str) -> list[str]:
-    """The shards ``PREFIX-SSSSS-of-NNNNN{suffix}`` now at ``prefix`` (nothing else sharing the prefix)."""
-    found = FileSystems.match([f"{prefix}-*-of-*{suffix}"])[0].metadata_list
-    shard = re.compile(re.escape(prefix) + r"-\d{5}-of-\d{5}" + re.escape(suffix))
+    """The shards ``PREFIX-SSSSS-of-NNNNN{generation}{suffix}`` now at ``prefix`` (nothing else sharing it)."""
+    found = FileSystems.match([f"{escape(prefix)}-*-of-*{suffix}"])[0].metadata_list
+    generations = "|".join(re.escape(g) for g in GENERATIONS)
+    shard = re.compile(re.escape(prefix) + rf"-\d{{5}}-of-\d{{5}}({generations})" + re.escape(suffix))
     return sorted(m.path for m in found if shard.fullmatch(m.path))
 
 
-class ReplaceExistingFiles:
-    """Mixin for Beam file sinks: a run's shards replace the previous run's, never sit beside them.
+def generation_of(path: str) -> str:
+    """``".g1"`` for ``...-of-NNNNN.g1.parquet``, else ``""``."""
+    return ".g1" if re.search(r"-of-\d{5}\.g1\.[a-z]+$", path) else ""
 
-    Before the first rename, every shard of this kind already at the prefix is deleted (a rerun
-    with another shard count would otherwise leave ``-of-00002`` and ``-of-00005`` shards side by
-    side, if only until the end of the run), except those this same finalize already renamed into
-    place on an earlier attempt. And Beam's ``FileBasedSink`` deletes a temp shard instead of renaming
-    it when the final file exists with the same checksum (for local files: the size), which could
-    keep the previous run's shard: here every temp shard of this run is renamed.
+
+class RenameEveryShard:
+    """Mixin for Beam file sinks: every temp shard of this run is renamed into place, none deleted.
+
+    Beam's ``FileBasedSink`` deletes a temp shard instead of renaming it when the final file exists
+    with the same checksum (for local files: the size), which could keep another run's shard. Shards
+    of earlier runs at the prefix are not deleted here: the output's summary, written last, lists this
+    run's; ``pipeline.collect_garbage`` deletes the others once it is written (a killed run thus never
+    leaves its prefix with fewer rows than its previous output had).
     """
 
     def _check_state_for_finalize_write(self, writer_results, num_shards, window=None):
@@ -92,24 +106,27 @@ class ReplaceExistingFiles:
             if src in duplicates:
                 src_files.append(src)
                 dst_files.append(self._get_final_name(shard_num, num_shards, window))
-        ours = {self._get_final_name(i, num_shards, window) for i in range(num_shards)} - set(dst_files)
-        previous = [p for p in final_files(self.file_path_prefix.get(), self.file_name_suffix.get()) if p not in ours]
-        if previous:
-            FileSystems.delete(previous)
         return src_files, dst_files, [], skipped
 
 
-class ParquetShards(ReplaceExistingFiles, parquetio._ParquetSink):
-    """Beam's Parquet sink (``WriteToParquetBatched``) that replaces existing shards. Its records are
-    ``(table, documents per engine)``: each file's footer gets the sum of its tables' counts as the
-    key/value metadata ``embedding_engines``."""
+class ParquetShards(RenameEveryShard, parquetio._ParquetSink):
+    """Beam's Parquet sink (``WriteToParquetBatched``) writing CRC-32 page checksums (verified when a
+    later run copies rows: ``transforms/reuse.py``). Its records are ``(table, documents per engine)``:
+    each file's footer gets the sum of its tables' counts as the key/value metadata ``embedding_engines``."""
 
-    def __init__(self, prefix: str, arrow_schema: pa.Schema, compression: str, num_shards: int):
-        super().__init__(prefix, arrow_schema, compression, False, False, ".parquet", num_shards, SHARD_TEMPLATE,
-                         "application/x-parquet", None)
+    def __init__(self, prefix: str, arrow_schema: pa.Schema, compression: str, num_shards: int,
+                 generation: str = ""):
+        super().__init__(prefix, arrow_schema, compression, False, False, generation + ".parquet", num_shards,
+                         SHARD_TEMPLATE, "application/x-parquet", None)
 
     def open(self, temp_path):
-        writer = super().open(temp_path)
+        import pyarrow.parquet as pq
+        from apache_beam.io.filebasedsink import FileBasedSink
+
+        handle = FileBasedSink.open(self, temp_path)
+        self._file_handle = handle
+        writer = pq.ParquetWriter(handle, self._schema, compression=self._codec, use_compliant_nested_type=False,
+                                  write_page_checksum=True)
         writer.engine_counts = {}
         return writer
 
@@ -124,8 +141,8 @@ class ParquetShards(ReplaceExistingFiles, parquetio._ParquetSink):
         super().close(writer)
 
 
-class JsonLinesShards(ReplaceExistingFiles, textio._TextSink):
-    """Beam's text sink (``WriteToText``) that replaces existing shards."""
+class JsonLinesShards(RenameEveryShard, textio._TextSink):
+    """Beam's text sink (``WriteToText``), every shard renamed into place."""
 
     def __init__(self, prefix: str):
         super().__init__(prefix, file_name_suffix=".jsonl", shard_name_template=SHARD_TEMPLATE)
@@ -346,8 +363,9 @@ class WriteEmbeddings(beam.PTransform):
     """
 
     def __init__(self, prefix: str, arrow_schema: pa.Schema, mode: str, num_shards: int, compression: str,
-                 row_group_bytes: int):
+                 row_group_bytes: int, generation: str = ""):
         super().__init__()
+        self.generation = generation
         self.prefix = prefix
         self.schema = arrow_schema
         self.mode = mode
@@ -356,7 +374,7 @@ class WriteEmbeddings(beam.PTransform):
         self.row_group_bytes = row_group_bytes
 
     def expand(self, embedded):
-        sink = ParquetShards(self.prefix, self.schema, self.compression, self.num_shards)
+        sink = ParquetShards(self.prefix, self.schema, self.compression, self.num_shards, self.generation)
         if not self.num_shards:
             tables = embedded | "ToArrow" >> beam.ParDo(ToArrowTables(self.schema, self.mode, self.row_group_bytes))
             shards = tables | "WriteParquet" >> iobase.Write(sink)
