@@ -142,5 +142,15 @@ def _is_file(path: str) -> bool:
 
 
 def delete(paths: list[str]) -> None:
-    if paths:
-        FileSystems.delete(paths)
+    """Deletes files (and local folders, or ``gs://`` folders given with a trailing ``/``), each path
+    taken literally: Beam's local file system would read ``[``, ``*`` and ``?`` as a glob."""
+    remote = [p for p in paths if is_remote(p)]
+    if remote:
+        FileSystems.delete(remote)
+    for path in paths:
+        if is_remote(path):
+            continue
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)

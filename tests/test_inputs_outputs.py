@@ -67,25 +67,30 @@ def _write_shards(sink, schema, name: str, n: int):
     return init, results
 
 
-def test_previous_runs_shards_are_removed_before_this_runs_are_renamed_into_place(tmp_path):
-    """Beam's finalize of the real sink, stopped where a kill could land: between the check and
-    the renames, the old -of-00002 shards are already gone and no -of-00005 shard is there yet."""
+def test_previous_runs_shards_stay_until_this_runs_summary_is_written(tmp_path):
+    """Beam's finalize of the real sink deletes nothing (a kill between its steps must leave the
+    previous output whole); once the summary is written, ``collect_garbage`` deletes the shards it does
+    not list. A retried finalize keeps what the first attempt renamed."""
+    from beam_pipeline.pipeline import collect_garbage
+
     schema = pa.schema([("doc_id", pa.string()), ("num_tokens", pa.int32())])
     prefix = str(tmp_path / "emb")
     old = ParquetShards(prefix, schema, "none", 2)
     init, results = _write_shards(old, schema, "old", 2)
     list(old.finalize_write(init, results, None))
-    assert [os.path.basename(p) for p in _shards(prefix)] == ["emb-00000-of-00002.parquet",
-                                                              "emb-00001-of-00002.parquet"]
+    before = _shards(prefix)
+    assert [os.path.basename(p) for p in before] == ["emb-00000-of-00002.parquet", "emb-00001-of-00002.parquet"]
     new = ParquetShards(prefix, schema, "none", 5)
     init, results = _write_shards(new, schema, "new", 5)
+    new.pre_finalize(init, sorted(results))
     src, dst, _, _ = new._check_state_for_finalize_write(sorted(results), 5)
-    assert _shards(prefix) == [], "the previous run's shards go before any of this run's is renamed"
-    assert len(src) == len(dst) == 5
+    assert _shards(prefix) == before and len(src) == len(dst) == 5
+    written = list(new.finalize_write(init, results, None))
     list(new.finalize_write(init, results, None))
-    list(new.finalize_write(init, results, None))  # a retried finalize keeps what the first attempt renamed
+    assert len(_shards(prefix)) == 7, "the previous run's shards stay until the summary exists"
+    collect_garbage(prefix, {"output_files": written, "error_files": []})
     ids = sorted(i for p in _shards(prefix) for i in pq.read_table(p).column("doc_id").to_pylist())
-    assert ids == [f"new-{i}" for i in range(5)]
+    assert ids == [f"new-{i}" for i in range(5)] and sorted(_shards(prefix)) == sorted(written)
 
 
 def test_rerun_with_other_num_shards_leaves_only_its_own_files_all_listed_in_the_summary(small_job, tmp_path):

@@ -98,14 +98,28 @@ class RenameEveryShard:
     leaves its prefix with fewer rows than its previous output had).
     """
 
+    def pre_finalize(self, init_result, writer_results):
+        """Beam's deletes the final files of this run's names before renaming: here nothing is deleted
+        (the renames replace them; a kill in between must leave the previous output whole)."""
+
+    def pre_finalize_windowed(self, init_result, writer_results, window=None):
+        """As ``pre_finalize``."""
+
     def _check_state_for_finalize_write(self, writer_results, num_shards, window=None):
-        src_files, dst_files, same_checksum, skipped = super()._check_state_for_finalize_write(
-            writer_results, num_shards, window)
-        duplicates = set(same_checksum)
+        """Every temp shard is renamed (Beam's own deletes one whose final file has the same checksum);
+        looked up file by file, not by glob, so prefixes holding ``[``, ``*`` or ``?`` work."""
+        src_files, dst_files, skipped = [], [], 0
         for shard_num, src in enumerate(writer_results):  # sorted by Beam, as in its own loop
-            if src in duplicates:
+            dst = self._get_final_name(shard_num, num_shards, window)
+            if FileSystems.exists(src):
                 src_files.append(src)
-                dst_files.append(self._get_final_name(shard_num, num_shards, window))
+                dst_files.append(dst)
+            elif FileSystems.exists(dst):  # renamed by an earlier attempt of this finalize
+                skipped += 1
+            else:
+                from apache_beam.io.filesystem import BeamIOError
+
+                raise BeamIOError(f"src and dst files do not exist. src: {src}, dst: {dst}")
         return src_files, dst_files, [], skipped
 
 
