@@ -100,6 +100,13 @@ class EmbeddingOptions(PipelineOptions):
         group.add_argument("--previous", default=None, metavar="PREFIX",
                            help="The output prefix of an earlier run (may equal --output): documents whose id and "
                                 "text match a row there are copied, not embedded again (docs/incremental.md).")
+        group.add_argument("--previous_join", default="auto", choices=("auto", "lookup", "shuffle"),
+                           help="How --previous finds unchanged documents: lookup (every worker holds the previous "
+                                "output's keys; the input is read once), shuffle (a join by id bucket; for previous "
+                                "outputs too large for that), auto: lookup while the keys fit --previous_lookup_mb.")
+        group.add_argument("--previous_lookup_mb", type=int, default=1024,
+                           help="Memory one worker process may spend on the previous output's keys (--previous_join "
+                                "auto).")
         group.add_argument("--num_shards", type=int, default=0, help="Parquet shards; 0: the runner decides.")
         group.add_argument("--compression", default="zstd", choices=COMPRESSIONS, help="Parquet compression.")
         group.add_argument("--dtype", default="float32", choices=("float32", "float16"),
@@ -248,6 +255,8 @@ class JobConfig:
     reshuffle: bool = False  # documents spread over workers after tokenizing (see --reshuffle)
     max_dead_letters: str | None = None  # "N" or "P%" (dead_letters.parse_limit); None: no limit
     previous: dict | None = None  # --previous, read by the launcher: beam_pipeline.previous.Previous.to_dict()
+    previous_join: str = "auto"  # --previous_join
+    previous_lookup_mb: int = 1024  # --previous_lookup_mb
 
     @property
     def columns(self) -> list[tuple[str, int]]:
@@ -519,5 +528,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         tokenizer_sha256=tokenizer_sha,
         engine=o.engine,
         reshuffle=reshuffles(o.reshuffle, options),
+        previous_join=o.previous_join,
+        previous_lookup_mb=o.previous_lookup_mb,
         max_dead_letters=o.max_dead_letters,
     )

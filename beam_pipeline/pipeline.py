@@ -16,6 +16,7 @@ from beam_pipeline.previous import output_generation
 from transforms import errors, reuse, write
 from transforms.embed import Embed
 from transforms.read import COUNTS, ReadCorpus
+from transforms.reuse_lookup import ReuseByLookup
 from transforms.tokenize import Tokenize
 
 
@@ -142,7 +143,9 @@ def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str
     read = p | "Read" >> ReadCorpus(paths, config.id_field, config.text_field, sizes)
     docs = read.docs
     reusing = bool(config.previous) and not config.previous["why_not"]
-    if reusing:  # before tokenizing: unchanged documents are copied, never tokenized
+    if reusing and config.previous["join"] == "lookup":  # the previous keys in every worker: one read
+        docs, reused, reuse_counts = docs | "Reuse" >> ReuseByLookup(config)
+    elif reusing:  # before tokenizing: unchanged documents are copied, never tokenized
         # the join groups the first read's keys only; the documents to embed come from a second read
         again = p | "ReadAgain" >> ReadCorpus(paths, config.id_field, config.text_field, sizes, counting=False)
         docs, reused, reuse_counts = (docs, again.docs) | "Reuse" >> reuse.Reuse(config)

@@ -60,6 +60,7 @@ class Previous:
     provenance: dict
     shards_not_reused: dict = dataclasses.field(default_factory=dict)
     generation: str = ""
+    join: str = "shuffle"  # "lookup" or "shuffle" (``choose_join``)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -215,7 +216,44 @@ def load(prefix: str, config: JobConfig) -> Previous:
     rows = int(summary.get("written", summary.get("embedded", 0)) or 0)
     buckets = max(1, min(MAX_BUCKETS, -(-rows // DOCS_PER_BUCKET)))
     generation = generation_of(shards[0]) if shards else ""
-    return Previous(prefix, usable, why_not, tuple(differs), buckets, provenance, not_reused, generation)
+    join = choose_join(config, usable, rows)
+    return Previous(prefix, usable, why_not, tuple(differs), buckets, provenance, not_reused, generation, join)
+
+
+LOOKUP_BYTES_PER_ROW = 110  # the index (~62 bytes per row) and Beam's copy of the side input (~40), plus the id
+
+
+def lookup_bytes(shards: tuple[str, ...], rows: int) -> int:
+    """What the lookup join's keys take in one worker process: ``rows`` x (``LOOKUP_BYTES_PER_ROW`` + the
+    mean id length, read off the first shard's ``doc_id`` column chunk)."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    mean_id = 16
+    if shards:
+        try:
+            with FileSystems.open(shards[0]) as f:
+                metadata = pq.ParquetFile(f).metadata
+            names = [metadata.schema.column(i).name for i in range(metadata.num_columns)]
+            if metadata.num_rows:
+                size = sum(metadata.row_group(g).column(names.index("doc_id")).total_uncompressed_size
+                           for g in range(metadata.num_row_groups))
+                mean_id = size / metadata.num_rows
+        except Exception:  # noqa: S110 - the estimate keeps its default
+            pass
+    return int(rows * (LOOKUP_BYTES_PER_ROW + mean_id))
+
+
+def choose_join(config: JobConfig, shards: tuple[str, ...], rows: int) -> str:
+    """``--previous_join``: ``lookup`` or ``shuffle`` as asked; ``auto``: lookup while the keys fit
+    ``--previous_lookup_mb``. The choice is logged."""
+    if config.previous_join != "auto":
+        return config.previous_join
+    need = lookup_bytes(shards, rows)
+    join = "lookup" if need <= config.previous_lookup_mb << 20 else "shuffle"
+    LOG.info("--previous: %d previous rows, ~%d MB of keys per worker process for a lookup (--previous_lookup_mb "
+             "%d): %s join", rows, need >> 20, config.previous_lookup_mb, join)
+    return join
 
 
 def output_generation(config: JobConfig) -> str:

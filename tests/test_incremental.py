@@ -67,11 +67,13 @@ def first_run(small_job, tmp_path_factory):
     return folder / "emb", docs, summary
 
 
-def test_unchanged_documents_are_copied_and_the_rest_embedded(small_job, first_run, tmp_path):
+@pytest.mark.parametrize("join", ["lookup", "shuffle"])
+def test_unchanged_documents_are_copied_and_the_rest_embedded(small_job, first_run, tmp_path, join):
     previous, docs, _ = first_run
     now, kinds = _changed_corpus(docs)
     path = helpers.write_jsonl(tmp_path / "corpus.jsonl", now)
-    summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--previous", previous))
+    summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--previous", previous,
+                                             "--previous_join", join))
     full = helpers.run_job(small_job.argv(path, tmp_path / "full", *FLAGS))
 
     unchanged = len(now) - len(kinds["changed"]) - len(kinds["new"])
@@ -127,7 +129,8 @@ def test_an_input_that_changes_between_its_two_reads_is_unaccounted(small_job, f
             yield kept.take(np.arange(1, len(kept))) if isinstance(kept, DocBatch) else kept
 
     monkeypatch.setattr(reuse.KeepToEmbed, "process", drop_one)
-    summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--previous", previous))
+    summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--previous", previous,
+                                             "--previous_join", "shuffle"))
     assert not summary["accounted"] and summary["read"] == len(now) > summary["written"]  # main() exits 1
     assert not os.path.exists(f"{tmp_path / 'inc'}-summary.json"), "an unaccounted output was committed"
     assert json.loads(open(f"{tmp_path / 'inc'}-unaccounted.json").read())["accounted"] is False
@@ -161,7 +164,7 @@ def test_an_input_edited_between_the_two_reads_same_count_is_unaccounted(small_j
     monkeypatch.setattr(reuse.KeepToEmbed, "process", substitute)
     out = tmp_path / "inc"
     monkeypatch.setattr(sys, "argv", ["beam_pipeline", *map(str, small_job.argv(
-        path, out, *FLAGS, "--previous", previous))])
+        path, out, *FLAGS, "--previous", previous, "--previous_join", "shuffle"))])
     assert main() == 1
     assert not os.path.exists(f"{out}-summary.json")
     record = json.loads(open(f"{out}-unaccounted.json").read())
@@ -338,7 +341,8 @@ def test_a_killed_run_over_its_previous_output_is_rerun_complete(small_job, firs
         _assert_bit_equal(got[doc_id][0], before[doc_id][0], doc_id)
 
 
-def test_repeated_ids(small_job, tmp_path):
+@pytest.mark.parametrize("join", ["lookup", "shuffle"])
+def test_repeated_ids(small_job, tmp_path, join):
     """An id repeated in the input gets one row per occurrence, with or without ``--previous``: each
     occurrence whose text matches a previous row of that id is copied from the first such row; the
     others are embedded. ``new`` / ``changed`` / ``reused`` count input documents, ``removed`` ids."""
@@ -350,7 +354,8 @@ def test_repeated_ids(small_job, tmp_path):
     first = helpers.write_jsonl(tmp_path / "day1.jsonl", day1)
     second = helpers.write_jsonl(tmp_path / "day2.jsonl", day2)
     helpers.run_job(small_job.argv(first, tmp_path / "day1", *FLAGS))
-    summary = helpers.run_job(small_job.argv(second, tmp_path / "day2", *FLAGS, "--previous", tmp_path / "day1"))
+    summary = helpers.run_job(small_job.argv(second, tmp_path / "day2", *FLAGS, "--previous", tmp_path / "day1",
+                                             "--previous_join", join))
     helpers.run_job(small_job.argv(second, tmp_path / "full", *FLAGS))
     assert (summary["reused"], summary["new"], summary["changed"], summary["removed"]) == (5, 0, 2, 1)
     got, before = _rows(tmp_path / "day2"), _rows(tmp_path / "day1")

@@ -139,12 +139,13 @@ class SplitByBucket(beam.DoFn):
 
 class ReadPreviousKeys(beam.DoFn):
     """``(file index, path)`` of a previous shard -> ``(bucket, pa.Table(doc_id, key, file, group, row))``
-    per bucket and row group: the ids, join keys and positions, never the vectors. Each row group is read
+    per bucket and row group: the ids, join keys and positions, never the vectors (with ``buckets`` None:
+    ``pa.Table(doc_id, text_hash, file, group, row)`` per row group, for the lookup join). Each row group is read
     whole with its pages verified against their checksums (``read_checked``): one that fails, or a shard
     whose footer says another job (changed since the launcher checked it), gives no keys, so its documents
     are embedded again, and ``(DAMAGED + path, reason)`` goes to the counts (tag ``counts``)."""
 
-    def __init__(self, provenance: dict, buckets: int):
+    def __init__(self, provenance: dict, buckets: int | None):
         from beam_pipeline.provenance import value_fields
 
         self.expected = value_fields(provenance)
@@ -181,6 +182,12 @@ class ReadPreviousKeys(beam.DoFn):
                 continue
             ids = keys.column("doc_id").combine_chunks()
             n = len(ids)
+            if self.buckets is None:  # the lookup join's pieces: keys as they are, one table per row group
+                yield pa.table({"doc_id": ids.cast(pa.binary()), "text_hash": keys.column("text_hash").combine_chunks(),
+                                "file": pa.array(np.full(n, index, dtype=np.int32)),
+                                "group": pa.array(np.full(n, group, dtype=np.int32)),
+                                "row": pa.array(np.arange(n, dtype=np.int32))})
+                continue
             table = pa.table({
                 "doc_id": ids,
                 "key": join_keys(ids, keys.column("text_hash").combine_chunks()),

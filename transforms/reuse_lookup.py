@@ -1,0 +1,262 @@
+"""Reuse by lookup (``--previous`` whose keys fit in a worker's memory, ``--previous_join lookup``; the
+launcher decides, see ``beam_pipeline/previous.py``): the input is read once; each batch is hashed and
+looked up in an index of the previous output's keys, a side input every worker holds; no shuffle of the
+corpus' keys, no second read.
+
+- ``ReadPreviousKeys`` (shared with the shuffle join, ``transforms/reuse.py``) reads each previous row
+  group, its pages verified against their checksums, into a piece of keys: ids, ``text_hash``es and
+  positions (file, row group, row). A row group that fails gives no piece: its documents are embedded.
+- ``PreviousIndex``, built once per worker process from those pieces: the keys sorted by a 64-bit
+  fingerprint of ``id || text_hash`` (XXH3-64 of the id, xor the first 8 bytes of the text hash), and the
+  ids sorted by the fingerprint of the id alone. A fingerprint only finds candidates: a row is reused
+  only when its id and its full 16-byte ``text_hash`` are equal to the document's (a collision costs a
+  look at the next candidate, never a wrong row).
+- ``MatchPrevious``: per input batch, its documents to embed (with their ``text_hash``) go on to be
+  tokenized; the positions of the rows to copy, with the keys they must hold, go to ``CopyRows`` grouped
+  by (file, row group); counts ``reused``, ``new``, ``changed``; the positions of the previous ids seen,
+  for ``removed``.
+
+Memory per worker process: ~(62 + mean id length) bytes per previous row (the index) plus Beam's own
+copy of the side input (~(40 + id length) bytes per row): ~0.15 GB per million previous rows of 20-byte
+ids. ``docs/incremental.md`` says where the launcher switches to the shuffle join.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
+
+from transforms.batch import DocBatch, hash_texts
+from transforms.errors import NAMESPACE
+from transforms.reuse import COPY, COUNTS, CopyRows, ReadPreviousKeys, combine_counts, hash_array, join_keys
+from transforms.write import HASH_BYTES
+
+SEEN = "seen"
+
+
+def id_fingerprints(ids: pa.Array) -> np.ndarray:
+    """``(B,)`` uint64: XXH3-64 of each id's UTF-8 bytes."""
+    import xxhash
+
+    digest = xxhash.xxh3_64_intdigest
+    binary = ids.cast(pa.binary()) if not pa.types.is_binary(ids.type) else ids
+    return np.fromiter(map(digest, binary.to_pylist()), dtype=np.uint64, count=len(ids))
+
+
+def key_fingerprints(id_fp: np.ndarray, text_hash: np.ndarray) -> np.ndarray:
+    """``(B,)`` uint64 fingerprints of ``id || text_hash``: the id's xor the hash's first 8 bytes."""
+    return id_fp ^ np.ascontiguousarray(text_hash[:, :8]).view(np.uint64).reshape(-1)
+
+
+def _equal_ids(a: pa.Array, b: pa.Array) -> np.ndarray:
+    return pc.equal(a.cast(pa.binary()), b.cast(pa.binary())).to_numpy(zero_copy_only=False)
+
+
+class PreviousIndex:
+    """The previous output's keys, sorted for lookups (see the module docstring)."""
+
+    def __init__(self, pieces: list[pa.Table]):
+        table = pa.concat_tables(pieces) if pieces else pa.table({
+            "doc_id": pa.array([], pa.binary()), "text_hash": pa.array([], pa.binary(HASH_BYTES)),
+            "file": pa.array([], pa.int32()), "group": pa.array([], pa.int32()), "row": pa.array([], pa.int32())})
+        ids = table.column("doc_id").combine_chunks().cast(pa.binary())
+        hashes = _hash_matrix(table.column("text_hash").combine_chunks())
+        position = np.stack([table.column(c).to_numpy() for c in ("file", "group", "row")], axis=1)
+        id_fp = id_fingerprints(ids)
+        key_fp = key_fingerprints(id_fp, hashes)
+        # by key fingerprint, then position: the first of equal keys is the lowest (file, group, row)
+        order = np.lexsort((position[:, 2], position[:, 1], position[:, 0], key_fp))
+        self.key_fp = key_fp[order]
+        self.ids = ids.take(pa.array(order))
+        self.hashes = hashes[order]
+        self.position = position[order]
+        # distinct ids, by id fingerprint: ``id_of[k]`` is the distinct-id number of key ``k``
+        by_id = np.argsort(id_fp[order], kind="stable")
+        if len(by_id) > 1 and (id_fp[order][by_id][1:] == id_fp[order][by_id][:-1]).any():
+            # equal fingerprints (the same id, or a collision): equal ids must lie side by side
+            by_id = pc.sort_indices(pa.table({"fp": id_fp[order], "id": self.ids}),
+                                    sort_keys=[("fp", "ascending"), ("id", "ascending")]).to_numpy()
+        self.id_fp = id_fp[order][by_id]
+        self.id_keys = by_id  # key positions in id-fingerprint order
+        sorted_ids = self.ids.take(pa.array(by_id))
+        first = np.ones(len(by_id), dtype=bool)
+        if len(by_id) > 1:
+            same_fp = self.id_fp[1:] == self.id_fp[:-1]
+            same = np.zeros(len(by_id) - 1, dtype=bool)
+            if same_fp.any():
+                at = np.flatnonzero(same_fp)
+                same[at] = _equal_ids(sorted_ids.take(pa.array(at)), sorted_ids.take(pa.array(at + 1)))
+            first[1:] = ~same
+        self.distinct = np.cumsum(first) - 1  # distinct-id number, in id-fingerprint order
+        self.distinct_ids = int(first.sum())
+
+    def __len__(self) -> int:
+        return len(self.key_fp)
+
+    def match(self, ids: pa.Array, text_hash: np.ndarray, id_fp: np.ndarray) -> np.ndarray:
+        """``(B,)`` int64: for each document the key position of its previous row (the first of equal
+        ones), or -1."""
+        found = np.full(len(ids), -1, dtype=np.int64)
+        if not len(self):
+            return found
+        key_fp = key_fingerprints(id_fp, text_hash)
+        at = np.searchsorted(self.key_fp, key_fp)
+        n = len(self)
+        todo = np.flatnonzero(at < n)
+        while len(todo):  # each round checks the next candidate of the documents still unmatched
+            candidate = at[todo]
+            same_fp = self.key_fp[candidate] == key_fp[todo]
+            todo, candidate = todo[same_fp], candidate[same_fp]
+            if not len(todo):
+                break
+            equal = np.all(self.hashes[candidate] == text_hash[todo], axis=1)
+            equal &= _equal_ids(self.ids.take(pa.array(candidate)), ids.take(pa.array(todo)))
+            found[todo[equal]] = candidate[equal]
+            todo = todo[~equal]
+            at[todo] += 1
+            todo = todo[at[todo] < n]
+        return found
+
+    def known_ids(self, ids: pa.Array, id_fp: np.ndarray) -> np.ndarray:
+        """``(B,)`` int64: for each id its distinct-id number among the previous ids, or -1."""
+        found = np.full(len(ids), -1, dtype=np.int64)
+        if not len(self):
+            return found
+        at = np.searchsorted(self.id_fp, id_fp)
+        n = len(self)
+        todo = np.flatnonzero(at < n)
+        while len(todo):
+            candidate = at[todo]
+            same_fp = self.id_fp[candidate] == id_fp[todo]
+            todo, candidate = todo[same_fp], candidate[same_fp]
+            if not len(todo):
+                break
+            equal = _equal_ids(self.ids.take(pa.array(self.id_keys[candidate])), ids.take(pa.array(todo)))
+            found[todo[equal]] = self.distinct[candidate[equal]]
+            todo = todo[~equal]
+            at[todo] += 1
+            todo = todo[at[todo] < n]
+        return found
+
+
+def _hash_matrix(hashes: pa.Array) -> np.ndarray:
+    """``fixed_size_binary(16)`` or ``binary`` of 16-byte values -> ``(B, 16)`` uint8."""
+    if pa.types.is_fixed_size_binary(hashes.type):
+        n = len(hashes)
+        return np.frombuffer(hashes.buffers()[1], dtype=np.uint8)[
+            hashes.offset * HASH_BYTES:(hashes.offset + n) * HASH_BYTES].reshape(n, HASH_BYTES).copy()
+    return np.frombuffer(b"".join(hashes.to_pylist()), dtype=np.uint8).reshape(len(hashes), HASH_BYTES).copy()
+
+
+class MatchPrevious(beam.DoFn):
+    """``DocBatch(ids, texts)`` -> its documents to embed, with their ``text_hash`` (main output); ``((file,
+    group), (rows, keys))`` to copy (tag ``copy``); ``(count name, n)`` (tag ``counts``); the distinct-id
+    numbers of the previous ids seen (tag ``seen``). ``pieces``: the side input of previous keys."""
+
+    def setup(self):
+        self._side, self._index = None, None
+
+    def process(self, batch: DocBatch, pieces):
+        if self._side is not pieces:  # the same side input for every batch: one index per worker process
+            self._side, self._index = pieces, PreviousIndex(list(pieces))
+        index = self._index
+        text_hash = hash_texts(batch.texts)
+        id_fp = id_fingerprints(batch.ids)
+        found = index.match(batch.ids, text_hash, id_fp)
+        matched = found >= 0
+        known = index.known_ids(batch.ids, id_fp)
+        reused = int(matched.sum())
+        changed = int(((known >= 0) & ~matched).sum())
+        new = int((known < 0).sum())
+        for name, n in (("reused", reused), ("changed", changed), ("new", new)):
+            if n:
+                Metrics.counter(NAMESPACE, name).inc(n)
+                yield beam.pvalue.TaggedOutput(COUNTS, (name, n))
+        if (known >= 0).any():
+            yield beam.pvalue.TaggedOutput(SEEN, np.unique(known[known >= 0]).astype(np.int64))
+        if not matched.all():
+            keep = np.flatnonzero(~matched)
+            yield DocBatch(batch.ids, batch.texts, text_hash=text_hash).take(keep)
+        if reused:
+            at = found[matched]
+            where = index.position[at]
+            wanted = join_keys(index.ids.take(pa.array(at)), hash_array(index.hashes[at]))
+            order = np.lexsort((where[:, 2], where[:, 1], where[:, 0]))
+            where, wanted = where[order], wanted.take(pa.array(order))
+            starts = np.flatnonzero(np.any(np.diff(where[:, :2], axis=0, prepend=-1) != 0, axis=1))
+            for start, stop in zip(starts, np.append(starts[1:], len(where))):
+                key = (int(where[start, 0]), int(where[start, 1]))
+                yield beam.pvalue.TaggedOutput(COPY, (key, (where[start:stop, 2].astype(np.int64),
+                                                            wanted.slice(start, stop - start))))
+
+
+class UnionSeen(beam.CombineFn):
+    """The distinct-id numbers seen, over every batch."""
+
+    def create_accumulator(self):
+        return np.zeros(0, dtype=np.int64)
+
+    def add_input(self, accumulator, seen):
+        return np.union1d(accumulator, seen)
+
+    def merge_accumulators(self, accumulators):
+        out = np.zeros(0, dtype=np.int64)
+        for a in accumulators:
+            out = np.union1d(out, a)
+        return out
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+class CountRemoved(beam.DoFn):
+    """The seen distinct-id numbers -> ``("removed", previous distinct ids never seen)``."""
+
+    def process(self, seen, pieces):
+        pieces = list(pieces)
+        ids = pa.concat_arrays([p.column("doc_id").combine_chunks() for p in pieces]) if pieces else pa.array(
+            [], pa.binary())
+        distinct = pc.count_distinct(ids).as_py() if len(ids) else 0
+        removed = distinct - len(seen)
+        if removed:
+            Metrics.counter(NAMESPACE, "removed").inc(removed)
+        yield "removed", removed
+
+
+class ReuseByLookup(beam.PTransform):
+    """``docs``: the ``DocBatch(ids, texts)``es read (once) -> (documents to tokenize and embed, with their
+    ``text_hash``; reused ``Rows``; ``(count name, n)`` pairs)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    def expand(self, docs):
+        previous = self.config.previous
+        paths = tuple(previous["files"])
+        keys = (
+            docs.pipeline
+            | "PreviousShards" >> beam.Create(list(enumerate(paths)))
+            | "SpreadShards" >> beam.Reshuffle()
+            | "ReadPreviousKeys" >> beam.ParDo(ReadPreviousKeys(self.config.provenance(), None))
+            .with_outputs(COUNTS, main="keys")
+        )
+        side = beam.pvalue.AsList(keys.keys)
+        matched = docs | "MatchPrevious" >> beam.ParDo(MatchPrevious(), side).with_outputs(
+            COPY, COUNTS, SEEN, main="embed")
+        reused = (
+            matched[COPY]
+            | "GroupByRowGroup" >> beam.GroupByKey()
+            | "CopyRows" >> beam.ParDo(CopyRows(paths, self.config.mode, [name for name, _ in self.config.columns]))
+        )
+        removed = (
+            matched[SEEN]
+            | "UnionSeen" >> beam.CombineGlobally(UnionSeen())
+            | "CountRemoved" >> beam.ParDo(CountRemoved(), side)
+        )
+        counts = ((matched[COUNTS], keys[COUNTS], removed) | "AllCounts" >> beam.Flatten()
+                  | "SumCounts" >> beam.CombinePerKey(combine_counts))
+        return matched.embed, reused, counts
