@@ -12,15 +12,25 @@ Running it is the user's decision, as ``--unsafe_deserialization`` is: nothing i
 
 ``FUNCTION`` takes no required argument and returns an uncompiled Keras 3 model, built (with an
 ``Input``), whose weights the weights file then fills.
+
+Layer names: code that leaves them to Keras gets ``lstm``, ``lstm_1``... from counters Keras keeps per
+thread, which go on from one build to the next in a process (the launcher, then in-process workers,
+or several jobs: ``lstm_2``, ``lstm_3``). ``build`` calls the function with those counters fresh, as in
+a new process, so every build, in every process, names the layers as the user's own script does (and
+as ``inspect`` prints them); the counters then go on past every name the build took, so that names
+made later in the process never repeat them.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from beam_pipeline.recurrent import ModelError
@@ -85,7 +95,8 @@ def build(builder: Builder):
         raise ModelError(f"--model_fn {builder.spec}: {builder.path or builder.module} has no function "
                          f"{builder.function!r}")
     try:
-        model = function()
+        with fresh_names():
+            model = function()
     except Exception as e:
         raise ModelError(f"--model_fn {builder.spec}: the function raised {type(e).__name__}: {e}") from e
     if not isinstance(model, keras.Model):
@@ -96,3 +107,24 @@ def build(builder: Builder):
         raise ModelError(f"--model_fn {builder.spec}: the model is not built; give it an Input "
                          "(keras.Input(shape) as the first layer or the functional model's input)")
     return model
+
+
+_UIDS = "object_name_uids"  # Keras 3's automatic-name counters, in keras.src.backend.common.global_state
+
+
+@contextlib.contextmanager
+def fresh_names() -> Iterator[None]:
+    """Keras' automatic layer names, inside the block, as in a new process (``lstm``, ``lstm_1``, ...);
+    after it, each counter at the larger of its value before and the block's, so that no automatic name
+    is given twice in the process (the block's names are not given again after it)."""
+    from keras.src.backend.common import global_state
+
+    before = global_state.get_global_attribute(_UIDS) or {}
+    global_state.set_global_attribute(_UIDS, collections.defaultdict(int))
+    try:
+        yield
+    finally:
+        merged = collections.defaultdict(int, before)
+        for prefix, count in (global_state.get_global_attribute(_UIDS) or {}).items():
+            merged[prefix] = max(merged[prefix], count)
+        global_state.set_global_attribute(_UIDS, merged)
