@@ -220,7 +220,7 @@ class JobConfig:
     output: str
     model: str
     tokenizer: str | None
-    layer: str  # resolved layer name
+    layer: str  # the target's name (its name path when nested), as the user and inspect see it
     mode: str
     maxlen: int
     padding: str | None  # None: it changes no value (a mask that is exactly ids != 0)
@@ -239,6 +239,7 @@ class JobConfig:
     overwrite: bool
     unsafe_deserialization: bool
     model_fn: str | None = None  # --model_fn: the builder of a weights-only --model
+    layer_index: str = ""  # the target's index path ("3", "2/1"): how workers locate it, whatever Keras named it
     layer_info: dict = field(default_factory=dict)
     model_sha256: str = ""
     model_origin: dict = field(default_factory=dict)  # model.Provenance.to_dict(): framework, format, translations
@@ -448,6 +449,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
     model = loaded.model
     try:
         model, layer, layer_name = nested.locate(model, o.layer)
+        layer_index = nested.index_path(loaded.model, layer)
         model = recurrent.single_input_view(model, layer)
         info = recurrent.describe_layer(layer, model)
         if o.long_docs == "carry":
@@ -510,6 +512,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         overwrite=o.overwrite,
         unsafe_deserialization=o.unsafe_deserialization,
         model_fn=o.model_fn,
+        layer_index=layer_index,
         layer_info=layer_info,
         model_sha256=files.sha256_of_file_or_folder(o.model),
         model_origin=loaded.provenance.to_dict(),
