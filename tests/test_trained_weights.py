@@ -318,3 +318,25 @@ def test_a_model_fn_that_fails_still_restores_the_names(tmp_path):
         builder.build(builder.parse(f"{path}:build"))
     after = keras.layers.LSTM(2).name
     assert after not in (before, "lstm")
+
+
+def test_a_module_level_layer_keeps_its_name_and_the_builds_number_after_it(tmp_path, monkeypatch):
+    """As the training script that imports the module, then builds: the module's own layer is ``lstm``,
+    the built one ``lstm_1``, in every build, the module imported once (MODULE:FUNCTION) or run each time
+    (a path)."""
+    (tmp_path / "shared_layer_builder.py").write_text(textwrap.dedent(f'''
+        import keras
+
+        SHARED = keras.layers.LSTM(4, return_sequences=True)  # created on import, named by Keras
+
+
+        def build():
+            return keras.Sequential([keras.Input(({MAXLEN}, 3)), SHARED, keras.layers.LSTM(2)])
+        '''), encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fresh = _python(str(tmp_path), "-c", "import shared_layer_builder as b; print([x.name for x in b.build().layers])")
+    assert fresh.stdout.strip() == "['lstm', 'lstm_1']", fresh.stderr[-2000:]
+    for spec in ("shared_layer_builder:build", f"{tmp_path / 'shared_layer_builder.py'}:build") * 2:
+        keras.layers.LSTM(3)
+        model = builder.build(builder.parse(spec))
+        assert [layer.name for layer in model.layers] == ["lstm", "lstm_1"], spec
