@@ -64,6 +64,12 @@ def listing(model) -> str:
     return ", ".join(f"{t.index_path}:{t.path} ({type(t.layer).__name__})" for t in targets(model)) or "none"
 
 
+def index_path(model, layer) -> str:
+    """The index path (``"3"``, ``"2/1"``) of ``layer``, a targetable layer of ``model``: what names the same
+    layer in every build of the model, whatever names Keras gave its layers in that build."""
+    return next(t.index_path for t in targets(model) if t.layer is layer)
+
+
 def _step(model, part: str):
     if part.lstrip("-").isdigit():
         index = int(part)

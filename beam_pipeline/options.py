@@ -227,7 +227,7 @@ class JobConfig:
     output: str
     model: str
     tokenizer: str | None
-    layer: str  # resolved layer name
+    layer: str  # the target's name (its name path when nested), as the user and inspect see it
     mode: str
     maxlen: int
     padding: str | None  # None: it changes no value (a mask that is exactly ids != 0)
@@ -246,6 +246,7 @@ class JobConfig:
     overwrite: bool
     unsafe_deserialization: bool
     model_fn: str | None = None  # --model_fn: the builder of a weights-only --model
+    layer_index: str = ""  # the target's index path ("3", "2/1"): how workers locate it, whatever Keras named it
     layer_info: dict = field(default_factory=dict)
     model_sha256: str = ""
     submodel_sha256: str = ""  # provenance.submodel_digest: what computes the values
@@ -459,6 +460,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
     model = loaded.model
     try:
         model, layer, layer_name = nested.locate(model, o.layer)
+        layer_index = nested.index_path(loaded.model, layer)
         model = recurrent.single_input_view(model, layer)
         info = recurrent.describe_layer(layer, model)
         if o.long_docs == "carry":
@@ -521,6 +523,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
         overwrite=o.overwrite,
         unsafe_deserialization=o.unsafe_deserialization,
         model_fn=o.model_fn,
+        layer_index=layer_index,
         layer_info=layer_info,
         model_sha256=files.sha256_of_file_or_folder(o.model),
         submodel_sha256=provenance.submodel_digest(model, layer, loaded.provenance.translations),

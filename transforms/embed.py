@@ -29,6 +29,7 @@ the DirectRunner), and the length buckets of ``RunInference`` need ``max_batch_d
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gc
 import logging
 import os
@@ -83,9 +84,9 @@ def load_embedder(config: JobConfig):
     model = loaded.model
     # One line per load: the Flink test counts them per SDK worker process (pid).
     LOG.info("model loaded in process %d: %s", os.getpid(), config.model)
-    return inference.Embedder(
+    embedder = inference.Embedder(
         model,
-        config.layer,
+        config.layer_index or config.layer,  # the index path: the same layer in every build, whatever its name
         config.mode,
         config.maxlen,
         padding=config.padding,
@@ -96,6 +97,22 @@ def load_embedder(config: JobConfig):
         long_docs=config.long_docs,
         engine=config.engine,
     )
+    _check_same_layer(config, embedder.info)
+    return embedder
+
+
+def _check_same_layer(config: JobConfig, info) -> None:
+    """The worker's target is the launcher's: the same facts (name, class, units, mask...) as at launch."""
+    def plain(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    differ = [f"{key} {plain(value)!r} here, {plain(config.layer_info.get(key))!r} at launch"
+              for key, value in dataclasses.asdict(info).items() if plain(value) != plain(config.layer_info.get(key))]
+    if differ:
+        raise RuntimeError(f"layer {config.layer_index or config.layer} of --model {config.model} on this worker is "
+                           f"not the one the launcher resolved: {'; '.join(differ)}. The worker builds or reads "
+                           "another model" + (" (ship the --model_fn builder as a module that builds the same one)"
+                                              if config.model_fn else ""))
 
 
 def _error_detail(exception: BaseException, keep: int = 600) -> str:

@@ -12,15 +12,27 @@ Running it is the user's decision, as ``--unsafe_deserialization`` is: nothing i
 
 ``FUNCTION`` takes no required argument and returns an uncompiled Keras 3 model, built (with an
 ``Input``), whose weights the weights file then fills.
+
+Layer names: code that leaves them to Keras gets ``lstm``, ``lstm_1``... from counters Keras keeps per
+thread, which go on from one build to the next in a process (the launcher, then in-process workers,
+or several jobs: ``lstm_2``, ``lstm_3``). ``build`` imports the module and calls the function with those
+counters as in a new process (a module imported once per process: as right after its import), so every
+build, in every process, names the layers as the user's own script does (and as ``inspect`` prints
+them); the counters then go on past every name the build took, so that names made later in the
+process never repeat them.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import os
 import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from beam_pipeline.recurrent import ModelError
@@ -69,25 +81,29 @@ def build(builder: Builder):
     when it cannot be imported, fails, or does not return a built Keras 3 model."""
     import keras
 
-    try:
-        if builder.path is not None:
-            name = "beam_pipeline_model_fn_" + re.sub(r"\W", "_", os.path.basename(builder.path)[:-3])
-            module_spec = importlib.util.spec_from_file_location(name, builder.path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(builder.module)
-    except Exception as e:
-        raise ModelError(f"--model_fn {builder.spec}: cannot import {builder.path or builder.module}: "
-                         f"{type(e).__name__}: {e}") from e
-    function = getattr(module, builder.function, None)
-    if not callable(function):
-        raise ModelError(f"--model_fn {builder.spec}: {builder.path or builder.module} has no function "
-                         f"{builder.function!r}")
-    try:
-        model = function()
-    except Exception as e:
-        raise ModelError(f"--model_fn {builder.spec}: the function raised {type(e).__name__}: {e}") from e
+    with fresh_names(_AFTER_IMPORT.get(builder.module or "")) as counters:
+        try:
+            if builder.path is not None:  # executed on every build
+                name = "beam_pipeline_model_fn_" + re.sub(r"\W", "_", os.path.basename(builder.path)[:-3])
+                module_spec = importlib.util.spec_from_file_location(name, builder.path)
+                module = importlib.util.module_from_spec(module_spec)
+                module_spec.loader.exec_module(module)
+            else:  # executed once per process: what its first import named is remembered for the next builds
+                imported = builder.module in sys.modules
+                module = importlib.import_module(builder.module)
+                if not imported:
+                    _AFTER_IMPORT[builder.module] = dict(counters)
+        except Exception as e:
+            raise ModelError(f"--model_fn {builder.spec}: cannot import {builder.path or builder.module}: "
+                             f"{type(e).__name__}: {e}") from e
+        function = getattr(module, builder.function, None)
+        if not callable(function):
+            raise ModelError(f"--model_fn {builder.spec}: {builder.path or builder.module} has no function "
+                             f"{builder.function!r}")
+        try:
+            model = function()
+        except Exception as e:
+            raise ModelError(f"--model_fn {builder.spec}: the function raised {type(e).__name__}: {e}") from e
     if not isinstance(model, keras.Model):
         raise ModelError(f"--model_fn {builder.spec}: returned a {type(model).__module__}.{type(model).__name__}, "
                          "not a Keras 3 model (build it with `import keras`, Keras 3; a tf_keras model cannot run "
@@ -96,3 +112,28 @@ def build(builder: Builder):
         raise ModelError(f"--model_fn {builder.spec}: the model is not built; give it an Input "
                          "(keras.Input(shape) as the first layer or the functional model's input)")
     return model
+
+
+_UIDS = "object_name_uids"  # Keras 3's automatic-name counters, in keras.src.backend.common.global_state
+# A builder module's counters right after its first import in this process (the names its module-level
+# layers took), where each later build of it starts: as the user's script, which imports it, then builds.
+_AFTER_IMPORT: dict[str, dict[str, int]] = {}
+
+
+@contextlib.contextmanager
+def fresh_names(start: dict[str, int] | None = None) -> Iterator[dict[str, int]]:
+    """Keras' automatic layer names, inside the block, as in a new process (``lstm``, ``lstm_1``, ...), or
+    from the counters ``start``; yields those counters. After the block, each counter is at the larger of
+    its value before and the block's, so that no automatic name is given twice in the process."""
+    from keras.src.backend.common import global_state
+
+    before = global_state.get_global_attribute(_UIDS) or {}
+    counters = collections.defaultdict(int, start or {})
+    global_state.set_global_attribute(_UIDS, counters)
+    try:
+        yield counters
+    finally:
+        merged = collections.defaultdict(int, before)
+        for prefix, count in (global_state.get_global_attribute(_UIDS) or {}).items():
+            merged[prefix] = max(merged[prefix], count)
+        global_state.set_global_attribute(_UIDS, merged)

@@ -4,7 +4,8 @@ another shape is a ``ModelError`` naming the layer and both shapes, never a part
 
 - Keras 3 ``.weights.h5`` (``model.save_weights``): its groups follow the model's structure
   (``layers/lstm/cell/vars/0``). Checked against the file Keras 3 writes for the built model (same
-  paths, same shapes), then loaded by Keras 3 itself.
+  paths, same shapes), then loaded by Keras 3 itself. The optimizer's variables, which the file of a
+  compiled (trained) model holds too, are not the model's: ignored, as Keras' ``load_weights`` does.
 - Keras 2 / tf.keras ``save_weights`` HDF5 (``layer_names``, ``weight_names`` and
   ``keras_version`` attributes; ``ModelCheckpoint(save_weights_only=True)``): matched to the model's
   layers that hold weights *by topological order*, as Keras 2's ``load_weights`` does by default,
@@ -108,6 +109,19 @@ def _layer_of(dataset: str, names: dict[str, str]) -> str:
     return f"layer {label!r} (variable {parts[-1]}, {dataset})"
 
 
+# The groups of a Keras 3 .weights.h5 that hold the model: its layers' variables and its own. A compiled
+# model's file holds its optimizer's variables too (``optimizer/vars/...``: the step count, the learning
+# rate, a slot per weight), which an inference job never uses and Keras' own ``load_weights`` into an
+# uncompiled model skips.
+MODEL_GROUPS = ("layers", "vars")
+
+
+def _model_datasets(path: str) -> tuple[dict[str, tuple], dict[str, str]]:
+    """``_datasets`` of the groups that hold the model (``MODEL_GROUPS``); the optimizer's are left out."""
+    shapes, names = _datasets(path)
+    return {d: s for d, s in shapes.items() if d.split("/", 1)[0] in MODEL_GROUPS}, names
+
+
 def _load_keras3(model, path: str) -> None:
     from keras.src.saving import saving_lib
 
@@ -115,8 +129,8 @@ def _load_keras3(model, path: str) -> None:
     try:
         expected = os.path.join(temp, "expected.weights.h5")
         model.save_weights(expected)
-        want, want_names = _datasets(expected)
-        got, got_names = _datasets(path)
+        want, want_names = _model_datasets(expected)
+        got, got_names = _model_datasets(path)
         problems = [f"{_layer_of(d, want_names)}: the model has shape {want[d]}, the file {got[d]}"
                     for d in want if d in got and want[d] != got[d]]
         problems += [f"{_layer_of(d, want_names)}: the model has shape {want[d]}, the file has no such weight"
@@ -129,7 +143,8 @@ def _load_keras3(model, path: str) -> None:
         if not path.endswith(".weights.h5"):  # Keras 3 reads its format under that name only
             local = os.path.join(temp, "given.weights.h5")
             shutil.copyfile(path, local)
-        saving_lib.load_weights_only(model, local)
+        optimizer = getattr(model, "optimizer", None)  # a builder that compiles: its optimizer is not loaded
+        saving_lib.load_weights_only(model, local, objects_to_skip=[optimizer] if optimizer is not None else None)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
