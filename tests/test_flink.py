@@ -284,8 +284,8 @@ def build():
 
 
 def test_flink_incremental_run_copies_unchanged_rows(flink_cluster, small_job, flink_corpus, tmp_path):
-    """``--previous`` on the cluster: the join by id bucket (CoGroupByKey) and the row-group copies run
-    as Flink tasks; the output equals the DirectRunner's full run over the day's corpus, and the
+    """``--previous`` on the cluster (the lookup join, what a small previous output gets): the previous keys
+    as a side input, the lookup and the row-group copies run as Flink tasks; the output equals the DirectRunner's full run over the day's corpus, and the
     unchanged rows are the previous output's, bit for bit."""
     paths, docs = flink_corpus
     base = ["--model", small_job.model, "--tokenizer", small_job.tokenizer, *JOB_FLAGS]
@@ -305,5 +305,5 @@ def test_flink_incremental_run_copies_unchanged_rows(flink_cluster, small_job, f
     job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
     assert job["state"] == "FINISHED"
     vertices = {s["vertex"] for s in flink_cluster.subtasks(job["jid"])}
-    for step in ("Reuse/GroupByBucket", "Reuse/GroupByRowGroup"):  # the join and the copies ran as Flink tasks
+    for step in ("Reuse/MatchPrevious", "Reuse/GroupByRowGroup"):  # the lookup and the copies ran as Flink tasks
         assert any(step in v for v in vertices), (step, vertices)
