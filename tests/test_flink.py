@@ -285,7 +285,8 @@ def build():
 
 def test_flink_incremental_run_copies_unchanged_rows(flink_cluster, small_job, flink_corpus, tmp_path):
     """``--previous`` on the cluster (the lookup join, what a small previous output gets): the previous keys
-    as a side input, the lookup and the row-group copies run as Flink tasks; the output equals the DirectRunner's full run over the day's corpus, and the
+    as a side input, the lookup and the row-group copies run as Flink tasks; the output equals the
+    DirectRunner's full run over the day's corpus, and the
     unchanged rows are the previous output's, bit for bit."""
     paths, docs = flink_corpus
     base = ["--model", small_job.model, "--tokenizer", small_job.tokenizer, *JOB_FLAGS]
