@@ -38,17 +38,26 @@ SEEN = "seen"
 
 
 def id_fingerprints(ids: pa.Array) -> np.ndarray:
-    """``(B,)`` uint64: XXH3-64 of each id's UTF-8 bytes."""
+    """``(B,)`` int64: XXH3-64 of each id's UTF-8 bytes (as signed integers: NumPy sorts and searches
+    int64 several times faster than uint64)."""
     import xxhash
 
     digest = xxhash.xxh3_64_intdigest
     binary = ids.cast(pa.binary()) if not pa.types.is_binary(ids.type) else ids
-    return np.fromiter(map(digest, binary.to_pylist()), dtype=np.uint64, count=len(ids))
+    return np.fromiter(map(digest, binary.to_pylist()), dtype=np.uint64, count=len(ids)).view(np.int64)
 
 
 def key_fingerprints(id_fp: np.ndarray, text_hash: np.ndarray) -> np.ndarray:
-    """``(B,)`` uint64 fingerprints of ``id || text_hash``: the id's xor the hash's first 8 bytes."""
-    return id_fp ^ np.ascontiguousarray(text_hash[:, :8]).view(np.uint64).reshape(-1)
+    """``(B,)`` int64 fingerprints of ``id || text_hash``: the id's xor the hash's first 8 bytes."""
+    return id_fp ^ np.ascontiguousarray(text_hash[:, :8]).view(np.int64).reshape(-1)
+
+
+def _search(sorted_values: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(sorted_values, queries)``, the queries taken in sorted order (twice as fast)."""
+    order = np.argsort(queries, kind="stable")
+    at = np.empty(len(queries), dtype=np.int64)
+    at[order] = np.searchsorted(sorted_values, queries[order])
+    return at
 
 
 def _equal_ids(a: pa.Array, b: pa.Array) -> np.ndarray:
@@ -103,7 +112,7 @@ class PreviousIndex:
         if not len(self):
             return found
         key_fp = key_fingerprints(id_fp, text_hash)
-        at = np.searchsorted(self.key_fp, key_fp)
+        at = _search(self.key_fp, key_fp)
         n = len(self)
         todo = np.flatnonzero(at < n)
         while len(todo):  # each round checks the next candidate of the documents still unmatched
@@ -125,7 +134,7 @@ class PreviousIndex:
         found = np.full(len(ids), -1, dtype=np.int64)
         if not len(self):
             return found
-        at = np.searchsorted(self.id_fp, id_fp)
+        at = _search(self.id_fp, id_fp)
         n = len(self)
         todo = np.flatnonzero(at < n)
         while len(todo):
@@ -157,12 +166,27 @@ class MatchPrevious(beam.DoFn):
     numbers of the previous ids seen (tag ``seen``). ``pieces``: the side input of previous keys."""
 
     def setup(self):
-        self._side, self._index = None, None
+        self._side, self._index, self._seen = None, None, None
+
+    def start_bundle(self):
+        self._seen = None
+
+    def finish_bundle(self):
+        """The bundle's previous ids seen: one bit per distinct previous id, the count in the last 8 bytes."""
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        if self._seen is not None:
+            bits = np.concatenate([np.packbits(self._seen), np.array([len(self._seen)], np.int64).view(np.uint8)])
+            yield beam.pvalue.TaggedOutput(SEEN, WindowedValue(bits, GlobalWindow().max_timestamp(), [GlobalWindow()]))
+        self._seen = None
 
     def process(self, batch: DocBatch, pieces):
         if self._side is not pieces:  # the same side input for every batch: one index per worker process
             self._side, self._index = pieces, PreviousIndex(list(pieces))
         index = self._index
+        if self._seen is None:
+            self._seen = np.zeros(index.distinct_ids, dtype=bool)
         text_hash = hash_texts(batch.texts)
         id_fp = id_fingerprints(batch.ids)
         found = index.match(batch.ids, text_hash, id_fp)
@@ -175,8 +199,7 @@ class MatchPrevious(beam.DoFn):
             if n:
                 Metrics.counter(NAMESPACE, name).inc(n)
                 yield beam.pvalue.TaggedOutput(COUNTS, (name, n))
-        if (known >= 0).any():
-            yield beam.pvalue.TaggedOutput(SEEN, np.unique(known[known >= 0]).astype(np.int64))
+        self._seen[known[known >= 0]] = True
         if not matched.all():
             keep = np.flatnonzero(~matched)
             yield DocBatch(batch.ids, batch.texts, text_hash=text_hash).take(keep)
@@ -194,18 +217,20 @@ class MatchPrevious(beam.DoFn):
 
 
 class UnionSeen(beam.CombineFn):
-    """The distinct-id numbers seen, over every batch."""
+    """The previous ids seen, over every bundle: bitwise or of the bundles' bitmaps (``np.packbits`` of
+    one bit per distinct previous id, 125 KB per million ids); ``None`` when no batch was read."""
 
     def create_accumulator(self):
-        return np.zeros(0, dtype=np.int64)
+        return None
 
     def add_input(self, accumulator, seen):
-        return np.union1d(accumulator, seen)
+        return seen if accumulator is None else np.bitwise_or(accumulator, seen)
 
     def merge_accumulators(self, accumulators):
-        out = np.zeros(0, dtype=np.int64)
+        out = None
         for a in accumulators:
-            out = np.union1d(out, a)
+            if a is not None:
+                out = a if out is None else np.bitwise_or(out, a)
         return out
 
     def extract_output(self, accumulator):
@@ -213,14 +238,17 @@ class UnionSeen(beam.CombineFn):
 
 
 class CountRemoved(beam.DoFn):
-    """The seen distinct-id numbers -> ``("removed", previous distinct ids never seen)``."""
+    """The bitmap of previous ids seen -> ``("removed", previous distinct ids never seen)``; with no bitmap
+    (no batch read), every previous id is removed."""
 
     def process(self, seen, pieces):
-        pieces = list(pieces)
-        ids = pa.concat_arrays([p.column("doc_id").combine_chunks() for p in pieces]) if pieces else pa.array(
-            [], pa.binary())
-        distinct = pc.count_distinct(ids).as_py() if len(ids) else 0
-        removed = distinct - len(seen)
+        if seen is not None:
+            distinct, found = int(seen[-8:].view(np.int64)[0]), int(np.unpackbits(seen[:-8]).sum())
+        else:
+            pieces = list(pieces)
+            ids = pa.concat_arrays([p.column("doc_id").combine_chunks() for p in pieces]) if pieces else None
+            distinct, found = (pc.count_distinct(ids).as_py() if ids is not None and len(ids) else 0), 0
+        removed = distinct - found
         if removed:
             Metrics.counter(NAMESPACE, "removed").inc(removed)
         yield "removed", removed
