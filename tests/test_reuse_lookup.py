@@ -50,6 +50,7 @@ def test_the_index_finds_exactly_the_first_equal_row(previous, queries, weak):
     for q, at, number in zip(queries, found, known):
         if q in first:
             assert at >= 0 and tuple(index.position[at]) == first[q]
+            assert index.distinct_of[at] == number, "a matched row's id numbered otherwise than the id"
             assert index.ids[int(at)].as_py() == q[0].encode() and index.hashes[at].tobytes() == q[1]
         else:
             assert at == -1

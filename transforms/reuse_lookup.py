@@ -44,7 +44,11 @@ def id_fingerprints(ids: pa.Array) -> np.ndarray:
 
     digest = xxhash.xxh3_64_intdigest
     binary = ids.cast(pa.binary()) if not pa.types.is_binary(ids.type) else ids
-    return np.fromiter(map(digest, binary.to_pylist()), dtype=np.uint64, count=len(ids)).view(np.int64)
+    out = np.empty(len(ids), dtype=np.uint64)
+    for start in range(0, len(ids), 65536):  # Python bytes for 64k ids at a time, not for a whole output
+        chunk = binary.slice(start, 65536).to_pylist()
+        out[start:start + len(chunk)] = np.fromiter(map(digest, chunk), dtype=np.uint64, count=len(chunk))
+    return out.view(np.int64)
 
 
 def key_fingerprints(id_fp: np.ndarray, text_hash: np.ndarray) -> np.ndarray:
@@ -65,49 +69,53 @@ def _equal_ids(a: pa.Array, b: pa.Array) -> np.ndarray:
 
 
 class PreviousIndex:
-    """The previous output's keys, sorted for lookups (see the module docstring)."""
+    """The previous output's keys, sorted for lookups (see the module docstring). The keys stay in the
+    order read; two int32 permutations sort them, by key fingerprint (then position: the first of equal
+    keys is the lowest file, row group, row) and by id fingerprint (then id: equal ids side by side).
+    ~(72 + mean id length) bytes per previous row."""
 
     def __init__(self, pieces: list[pa.Table]):
         table = pa.concat_tables(pieces) if pieces else pa.table({
             "doc_id": pa.array([], pa.binary()), "text_hash": pa.array([], pa.binary(HASH_BYTES)),
             "file": pa.array([], pa.int32()), "group": pa.array([], pa.int32()), "row": pa.array([], pa.int32())})
-        ids = table.column("doc_id").combine_chunks().cast(pa.binary())
-        hashes = _hash_matrix(table.column("text_hash").combine_chunks())
-        position = np.stack([table.column(c).to_numpy() for c in ("file", "group", "row")], axis=1)
-        id_fp = id_fingerprints(ids)
-        key_fp = key_fingerprints(id_fp, hashes)
-        # by key fingerprint, then position: the first of equal keys is the lowest (file, group, row)
-        order = np.lexsort((position[:, 2], position[:, 1], position[:, 0], key_fp))
-        self.key_fp = key_fp[order]
-        self.ids = ids.take(pa.array(order))
-        self.hashes = hashes[order]
-        self.position = position[order]
-        # distinct ids, by id fingerprint: ``id_of[k]`` is the distinct-id number of key ``k``
-        by_id = np.argsort(id_fp[order], kind="stable")
-        if len(by_id) > 1 and (id_fp[order][by_id][1:] == id_fp[order][by_id][:-1]).any():
+        self.ids = table.column("doc_id").combine_chunks().cast(pa.binary())
+        self.hashes = _hash_matrix(table.column("text_hash").combine_chunks())
+        self.position = np.stack([table.column(c).to_numpy() for c in ("file", "group", "row")], axis=1)
+        del table
+        id_fp = id_fingerprints(self.ids)
+        key_fp = key_fingerprints(id_fp, self.hashes)
+        p = self.position
+        self.by_key = np.lexsort((p[:, 2], p[:, 1], p[:, 0], key_fp)).astype(np.int32)
+        self.key_fp = key_fp[self.by_key]
+        del key_fp
+        by_id = np.argsort(id_fp, kind="stable")
+        if len(by_id) > 1 and (id_fp[by_id][1:] == id_fp[by_id][:-1]).any():
             # equal fingerprints (the same id, or a collision): equal ids must lie side by side
-            by_id = pc.sort_indices(pa.table({"fp": id_fp[order], "id": self.ids}),
+            by_id = pc.sort_indices(pa.table({"fp": id_fp, "id": self.ids}),
                                     sort_keys=[("fp", "ascending"), ("id", "ascending")]).to_numpy()
-        self.id_fp = id_fp[order][by_id]
-        self.id_keys = by_id  # key positions in id-fingerprint order
-        sorted_ids = self.ids.take(pa.array(by_id))
-        first = np.ones(len(by_id), dtype=bool)
-        if len(by_id) > 1:
+        self.by_id = by_id.astype(np.int32)
+        self.id_fp = id_fp[by_id]
+        del id_fp, by_id
+        first = np.ones(len(self.by_id), dtype=bool)
+        if len(self.by_id) > 1:
             same_fp = self.id_fp[1:] == self.id_fp[:-1]
-            same = np.zeros(len(by_id) - 1, dtype=bool)
+            same = np.zeros(len(self.by_id) - 1, dtype=bool)
             if same_fp.any():
                 at = np.flatnonzero(same_fp)
-                same[at] = _equal_ids(sorted_ids.take(pa.array(at)), sorted_ids.take(pa.array(at + 1)))
+                same[at] = _equal_ids(self.ids.take(pa.array(self.by_id[at])),
+                                      self.ids.take(pa.array(self.by_id[at + 1])))
             first[1:] = ~same
-        self.distinct = np.cumsum(first) - 1  # distinct-id number, in id-fingerprint order
+        self.distinct = (np.cumsum(first) - 1).astype(np.int32)  # distinct-id number, in id order
         self.distinct_ids = int(first.sum())
+        self.distinct_of = np.empty(len(self.by_id), dtype=np.int32)  # the same, per key in the order read
+        self.distinct_of[self.by_id] = self.distinct
 
     def __len__(self) -> int:
         return len(self.key_fp)
 
     def match(self, ids: pa.Array, text_hash: np.ndarray, id_fp: np.ndarray) -> np.ndarray:
-        """``(B,)`` int64: for each document the key position of its previous row (the first of equal
-        ones), or -1."""
+        """``(B,)`` int64: for each document the index (in the order read) of its previous row, the
+        first of equal ones, or -1."""
         found = np.full(len(ids), -1, dtype=np.int64)
         if not len(self):
             return found
@@ -116,11 +124,11 @@ class PreviousIndex:
         n = len(self)
         todo = np.flatnonzero(at < n)
         while len(todo):  # each round checks the next candidate of the documents still unmatched
-            candidate = at[todo]
-            same_fp = self.key_fp[candidate] == key_fp[todo]
-            todo, candidate = todo[same_fp], candidate[same_fp]
+            same_fp = self.key_fp[at[todo]] == key_fp[todo]
+            todo = todo[same_fp]
             if not len(todo):
                 break
+            candidate = self.by_key[at[todo]]
             equal = np.all(self.hashes[candidate] == text_hash[todo], axis=1)
             equal &= _equal_ids(self.ids.take(pa.array(candidate)), ids.take(pa.array(todo)))
             found[todo[equal]] = candidate[equal]
@@ -138,13 +146,12 @@ class PreviousIndex:
         n = len(self)
         todo = np.flatnonzero(at < n)
         while len(todo):
-            candidate = at[todo]
-            same_fp = self.id_fp[candidate] == id_fp[todo]
-            todo, candidate = todo[same_fp], candidate[same_fp]
+            same_fp = self.id_fp[at[todo]] == id_fp[todo]
+            todo = todo[same_fp]
             if not len(todo):
                 break
-            equal = _equal_ids(self.ids.take(pa.array(self.id_keys[candidate])), ids.take(pa.array(todo)))
-            found[todo[equal]] = self.distinct[candidate[equal]]
+            equal = _equal_ids(self.ids.take(pa.array(self.by_id[at[todo]])), ids.take(pa.array(todo)))
+            found[todo[equal]] = self.distinct[at[todo[equal]]]
             todo = todo[~equal]
             at[todo] += 1
             todo = todo[at[todo] < n]
@@ -191,7 +198,11 @@ class MatchPrevious(beam.DoFn):
         id_fp = id_fingerprints(batch.ids)
         found = index.match(batch.ids, text_hash, id_fp)
         matched = found >= 0
-        known = index.known_ids(batch.ids, id_fp)
+        known = np.full(len(batch), -1, dtype=np.int64)
+        known[matched] = index.distinct_of[found[matched]]
+        if not matched.all():  # an id not matched with its text may still be a previous id (changed)
+            rest = np.flatnonzero(~matched)
+            known[rest] = index.known_ids(batch.ids.take(pa.array(rest)), id_fp[rest])
         reused = int(matched.sum())
         changed = int(((known >= 0) & ~matched).sum())
         new = int((known < 0).sum())
