@@ -369,3 +369,14 @@ def test_the_process_age_is_never_longer_than_the_process_has_run():
     out = subprocess.run([sys.executable, "-c", "from transforms.embed import process_age_s; print(process_age_s())"],
                          capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert 0 < float(out.stdout.strip().splitlines()[-1]) <= time.time() - start
+
+
+@pytest.mark.parametrize("spellings", [
+    ("gs://b/out/emb", "gs://b/out/./emb", "gs://b/out//emb", "gs://b/out/emb/", "gs://b/x/../out/emb"),
+    ("out/emb", "./out/emb", "out//emb", "out/emb/", "out/x/../emb".replace("x/../", "")),
+])
+def test_prefixes_are_compared_after_normalization(spellings, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert len({normalize_prefix(p) for p in spellings}) == 1
+    assert normalize_prefix("gs://b/out/emb") != normalize_prefix("gs://c/out/emb")
+    assert normalize_prefix("out/emb") == str(tmp_path / "out" / "emb")
