@@ -51,7 +51,7 @@ from tests import helpers
 
 REPO = Path(__file__).resolve().parent.parent
 ATOL = 1e-5
-EXAMPLES = int(os.environ.get("ATTACK_EXAMPLES", "2"))
+EXAMPLES = int(os.environ.get("ATTACK_EXAMPLES", "6"))
 STEPS = int(os.environ.get("ATTACK_STEPS", "6"))
 SHRINK = os.environ.get("ATTACK_SHRINK", "") not in ("", "0")
 BUILDER_MODULE = "attack_builder"
@@ -791,20 +791,19 @@ class Nights(RuleBasedStateMachine):
     def damage_previous(self, kind, seed):
         damage(self.prev, kind, random.Random(seed))
 
-    @rule(same=st.booleans(), prev_style=STYLES, out_style=STYLES, cwd=st.sampled_from(["root", "deeper"]))
-    def night(self, same, prev_style, out_style, cwd):
+    @rule(same=st.booleans(), prev_style=STYLES, out_style=STYLES, cwd=st.sampled_from(["root", "deeper"]),
+          kill=st.sampled_from([None] * 7 + ["start", "summary gone", "shards touched"]), delay=st.floats(0, 1.5))
+    def night(self, same, prev_style, out_style, cwd, kill, delay):
+        """The next night, from ``cwd``; with ``kill``, a subprocess SIGKILLed at that trigger + delay, then
+        rerun (only over an undamaged previous output: the kill's expectations are exact)."""
+        if kill and self.prev.summary_damaged is None and not self.prev.damaged:
+            self.prev = self.h.killed(self.prev, self.corpus, self.model, self.flags, same, kill,
+                                      delay * 6 if kill == "start" else delay, prev_style)
+            return
         folder = str(self.h.root if cwd == "root" else self.h.root / "elsewhere" / "deeper")
         result = self.h.night(self.prev, self.corpus, self.model, self.flags, same, prev_style, out_style, folder)
         # refused (a damaged summary): the operator starts again with a full run
         self.prev = result or self.h.full(self.corpus, self.model, self.flags)
-
-    @precondition(lambda self: self.prev.summary_damaged is None and not self.prev.damaged)
-    @rule(same=st.booleans(), trigger=st.sampled_from(["start", "summary gone", "shards touched"]),
-          delay=st.floats(0, 1.5), prev_style=STYLES)
-    def killed_night(self, same, trigger, delay, prev_style):
-        if trigger == "start":
-            delay *= 6
-        self.prev = self.h.killed(self.prev, self.corpus, self.model, self.flags, same, trigger, delay, prev_style)
 
 
 def test_random_nights(small_job, models, refs, tmp_path):
