@@ -62,6 +62,10 @@ SUMMARY_DAMAGE = ("summary truncated", "summary not JSON")
 BASE_FLAGS = {"dtype": "float32", "mode": "final", "maxlen": None, "truncating": "pre", "batch_size": 16,
               "num_shards": 2, "compression": "zstd"}
 VALUE_FLAGS = ("dtype", "mode", "maxlen", "truncating")
+# The provenance fields docs/incremental.md says decide a value: a footer flip that changes one of them (or
+# makes the footer's ``embedding_job`` unreadable) makes a shard unusable; one that changes another is retried.
+DOCUMENTED_VALUE_FIELDS = ("model_sha256", "model_origin", "layer", "mode", "columns", "dtype", "maxlen", "padding",
+                           "truncating", "long_docs", "input", "tokenizer_sha256", "engine", "engine_tolerance")
 
 BUILDER = '''
 import keras
@@ -223,8 +227,17 @@ def _harm(path: str, pristine: list[Row], schema: pa.Schema) -> tuple[bool, set]
     except Exception:
         return True, poisoned
     same = (rows == pristine and now.remove_metadata().equals(schema.remove_metadata())
-            and (now.metadata or {}).get(b"embedding_job") == (schema.metadata or {}).get(b"embedding_job"))
+            and _job_values(now) is not None and _job_values(now) == _job_values(schema))
     return not same, poisoned
+
+
+def _job_values(schema: pa.Schema) -> dict | None:
+    """The value-deciding fields of a file's ``embedding_job`` (None when it is missing or not JSON)."""
+    try:
+        job = json.loads((schema.metadata or {})[b"embedding_job"])
+    except (KeyError, ValueError):
+        return None
+    return {k: job.get(k) for k in DOCUMENTED_VALUE_FIELDS} if isinstance(job, dict) else None
 
 
 def _flip(path: str, rng: random.Random, where: str, pristine: list[Row]) -> set:
