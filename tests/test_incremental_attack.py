@@ -240,9 +240,10 @@ def _job_values(schema: pa.Schema) -> dict | None:
     return {k: job.get(k) for k in DOCUMENTED_VALUE_FIELDS} if isinstance(job, dict) else None
 
 
-def _flip(path: str, rng: random.Random, where: str, pristine: list[Row]) -> set:
-    """Flips one byte of a column chunk (``data page``: a dictionary or data page of a random column) or of
-    the footer, again elsewhere while the flip changes nothing a reader sees; returns the poisoned rows."""
+def _flip(path: str, rng: random.Random, where: str, pristine: list[Row], column: str | None = None) -> set:
+    """Flips one byte of a column chunk (``data page``: a dictionary or data page of ``column``, or of a
+    random column) or of the footer, again elsewhere while the flip changes nothing a reader sees; returns
+    the poisoned rows."""
     original = Path(path).read_bytes()
     meta = pq.ParquetFile(path).metadata
     schema = pq.read_schema(path)
@@ -251,7 +252,8 @@ def _flip(path: str, rng: random.Random, where: str, pristine: list[Row]) -> set
         data = bytearray(original)
         if where == "data page":
             group = meta.row_group(rng.randrange(meta.num_row_groups))
-            chunk = group.column(rng.randrange(meta.num_columns))
+            chunk = group.column(rng.choice([i for i in range(meta.num_columns) if column is None
+                                             or group.column(i).path_in_schema.split(".")[0] == column]))
             start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
             pos = start + rng.randrange(chunk.total_compressed_size // 3, chunk.total_compressed_size)
         else:
@@ -267,8 +269,10 @@ def _flip(path: str, rng: random.Random, where: str, pristine: list[Row]) -> set
     return set()
 
 
-def damage(out: Output, kind: str, rng: random.Random, name: str | None = None) -> str | None:
-    """Damages ``out`` (``kind`` from ``SHARD_DAMAGE`` or ``SUMMARY_DAMAGE``); returns the file damaged."""
+def damage(out: Output, kind: str, rng: random.Random, name: str | None = None,
+           column: str | None = None) -> str | None:
+    """Damages ``out`` (``kind`` from ``SHARD_DAMAGE`` or ``SUMMARY_DAMAGE``; shard ``name``, or one at random;
+    a flipped data page in ``column``, or in any); returns the file damaged."""
     if kind in SUMMARY_DAMAGE:
         path = summary_file(out.prefix)
         text = Path(path).read_bytes()
@@ -290,7 +294,7 @@ def damage(out: Output, kind: str, rng: random.Random, name: str | None = None) 
     elif kind == "zero bytes":
         Path(path).write_bytes(b"")
     elif kind in ("flipped data page", "flipped footer"):
-        out.poisoned |= _flip(path, rng, kind.split(" ", 1)[1], out.shards[name])
+        out.poisoned |= _flip(path, rng, kind.split(" ", 1)[1], out.shards[name], column)
     else:
         table = pq.read_table(path)
         kv = _file_metadata(path)
@@ -638,7 +642,7 @@ def test_a_damaged_previous_shard_is_recomputed(harness, kind):
     flags = BASE_FLAGS | {"compression": "none"} if kind == "flipped data page" else BASE_FLAGS
     prev = harness.full(docs, "base", flags)
     name = sorted(prev.shards)[0]
-    damage(prev, kind, random.Random(kind), name)
+    damage(prev, kind, random.Random(kind), name, column="vector")  # a flip where the values are
     harness.night(prev, day2(docs), "base", BASE_FLAGS)
 
 
