@@ -158,7 +158,7 @@ def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str
         inputs = inputs | "SpreadDocuments" >> beam.Reshuffle()
     embedded, failed = inputs | "Embed" >> Embed(config)
     if reusing:
-        embedded = (embedded, reused) | "WithReused" >> beam.Flatten()
+        embedded = (embedded, reused)  # written apart: a Flatten would hold every reused row between stages
     arrow_schema = write.schema(config.columns, config.mode, config.dtype, config.provenance(),
                                 windows=config.long_docs == "carry")
     shards, rows = embedded | "Write" >> write.WriteEmbeddings(

@@ -388,24 +388,40 @@ class WriteEmbeddings(beam.PTransform):
         self.row_group_bytes = row_group_bytes
 
     def expand(self, embedded):
+        """``embedded``: one PCollection of ``Rows``, or several (the embedded and the reused documents of an
+        incremental run). Without ``num_shards`` each is written where it is produced, its own bundles to
+        their own files, and only the file names meet: a ``Flatten`` of the rows themselves would make Beam's
+        local runner hold all of them between stages."""
+        parts = list(embedded) if isinstance(embedded, (list, tuple)) else [embedded]
         sink = ParquetShards(self.prefix, self.schema, self.compression, self.num_shards, self.generation)
-        if not self.num_shards:
-            tables = embedded | "ToArrow" >> beam.ParDo(ToArrowTables(self.schema, self.mode, self.row_group_bytes))
-            shards = tables | "WriteParquet" >> iobase.Write(sink)
-            rows = (tables | "CountRows" >> beam.FlatMap(lambda record: record[1].items())
-                    | "SumRows" >> beam.CombinePerKey(sum))
-            return shards, rows
-        once = embedded.pipeline | "DoOnce" >> beam.Create([None])
+        once = parts[0].pipeline | "DoOnce" >> beam.Create([None])
         init = once | "InitializeWrite" >> beam.Map(lambda _, s: s.initialize_write(), sink)
-        written = (
-            embedded
-            | "DealToShards" >> beam.ParDo(_RoundRobin(self.num_shards))
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShards" >> beam.ParDo(_WriteShard(sink, self.schema, self.mode, self.row_group_bytes),
-                                          AsSingleton(init)).with_outputs("rows", main="files")
-        )
-        pre = once | "PreFinalize" >> beam.FlatMap(iobase._pre_finalize, sink, AsSingleton(init), AsIter(written.files))
+        if not self.num_shards:
+            files, counts = [], []
+            for k, part in enumerate(parts):
+                label = "" if k == 0 else str(k + 1)
+                tables = part | f"ToArrow{label}" >> beam.ParDo(ToArrowTables(self.schema, self.mode,
+                                                                                self.row_group_bytes))
+                files.append(tables | f"WriteParquet{label}" >> beam.ParDo(iobase._WriteBundleDoFn(sink),
+                                                                            AsSingleton(init)))
+                counts.append(tables | f"CountRows{label}" >> beam.FlatMap(lambda record: record[1].items()))
+            written = files[0] if len(files) == 1 else files | "AllShards" >> beam.Flatten()
+            rows = ((counts[0] if len(counts) == 1 else counts | "AllCounts" >> beam.Flatten())
+                    | "SumRows" >> beam.CombinePerKey(sum))
+            min_shards = 1
+        else:
+            rows_in = parts[0] if len(parts) == 1 else parts | "AllRows" >> beam.Flatten()
+            dealt = (
+                rows_in
+                | "DealToShards" >> beam.ParDo(_RoundRobin(self.num_shards))
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteShards" >> beam.ParDo(_WriteShard(sink, self.schema, self.mode, self.row_group_bytes),
+                                              AsSingleton(init)).with_outputs("rows", main="files")
+            )
+            written = dealt.files
+            rows = dealt.rows | "SumRows" >> beam.CombinePerKey(sum)
+            min_shards = self.num_shards
+        pre = once | "PreFinalize" >> beam.FlatMap(iobase._pre_finalize, sink, AsSingleton(init), AsIter(written))
         shards = once | "FinalizeWrite" >> beam.FlatMap(
-            iobase._finalize_write, sink, AsSingleton(init), AsIter(written.files), self.num_shards, AsSingleton(pre))
-        rows = written.rows | "SumRows" >> beam.CombinePerKey(sum)
+            iobase._finalize_write, sink, AsSingleton(init), AsIter(written), min_shards, AsSingleton(pre))
         return shards, rows
