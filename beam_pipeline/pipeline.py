@@ -159,8 +159,7 @@ def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str
     embedded, failed = inputs | "Embed" >> Embed(config)
     if reusing:
         embedded = (embedded, reused)  # written apart: a Flatten would hold every reused row between stages
-    arrow_schema = write.schema(config.columns, config.mode, config.dtype, config.provenance(),
-                                windows=config.long_docs == "carry")
+    arrow_schema = write.output_schema(config)
     shards, rows = embedded | "Write" >> write.WriteEmbeddings(
         config.output, arrow_schema, config.mode, config.num_shards, config.compression, config.row_group_bytes,
         output_generation(config),

@@ -43,11 +43,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from beam_pipeline.engines import codes as engine_codes
 from beam_pipeline.options import JobConfig
 from transforms.batch import DocBatch, concat, hash_texts
 from transforms.errors import NAMESPACE
-from transforms.write import HASH_BYTES, METADATA_KEY, Rows
+from transforms.write import HASH_BYTES, METADATA_KEY, CopiedRows, output_schema
 
 LOG = logging.getLogger("beam_pipeline.reuse")
 REUSED = "reused"  # the engine name of copied rows (footers' ``embedding_engines``)
@@ -114,6 +113,15 @@ def hash_array(text_hash: np.ndarray) -> pa.Array:
     fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(HASH_BYTES), len(text_hash),
                                                  [None, pa.py_buffer(np.ascontiguousarray(text_hash).tobytes())])
     return fixed.cast(pa.binary())
+
+
+def hash_matrix(hashes: pa.Array) -> np.ndarray:
+    """``fixed_size_binary(16)`` or ``binary`` of 16-byte values -> ``(B, 16)`` uint8."""
+    n = len(hashes)
+    if pa.types.is_fixed_size_binary(hashes.type):
+        return np.frombuffer(hashes.buffers()[1], dtype=np.uint8)[
+            hashes.offset * HASH_BYTES:(hashes.offset + n) * HASH_BYTES].reshape(n, HASH_BYTES).copy()
+    return hash_matrix(hashes.cast(pa.binary(HASH_BYTES)))
 
 
 def join_keys(ids: pa.Array, hashes: pa.Array) -> pa.Array:
@@ -242,12 +250,13 @@ class JoinBucket(beam.DoFn):
             where = np.stack([hits.column(c).to_numpy() for c in ("file", "group", "row")], axis=1)
             order = np.lexsort((where[:, 2], where[:, 1], where[:, 0]))
             where = where[order]
-            wanted = hits.column("key").combine_chunks().take(pa.array(order))
+            keys = hits.column("key").combine_chunks().take(pa.array(order))
+            wanted = hash_matrix(pc.binary_slice(keys, -HASH_BYTES))
             starts = np.flatnonzero(np.any(np.diff(where[:, :2], axis=0, prepend=-1) != 0, axis=1))
             for start, stop in zip(starts, np.append(starts[1:], len(where))):
                 key = (int(where[start, 0]), int(where[start, 1]))
                 rows = where[start:stop, 2].astype(np.int64)
-                yield beam.pvalue.TaggedOutput(COPY, (key, (rows, wanted.slice(start, stop - start))))
+                yield beam.pvalue.TaggedOutput(COPY, (key, (rows, wanted[start:stop])))
 
     def _to_embed(self, keys: pa.Array):
         yield keys
@@ -261,58 +270,29 @@ class JoinBucket(beam.DoFn):
             yield beam.pvalue.TaggedOutput(COUNTS, (name, n))
 
 
-def table_to_rows(table: pa.Table, mode: str, columns: list[str]) -> Rows:
-    """A table of the output's columns (taken by name, in any order) -> ``Rows`` holding the very same
-    values (engine ``reused``)."""
-    n = table.num_rows
-    names = table.column_names
-    vectors, offsets = [], None
-    for name in columns:
-        array = table.column(name).combine_chunks()
-        if mode == "sequence":
-            offsets = np.asarray(array.offsets.to_numpy(), dtype=np.int64)
-            offsets = offsets - offsets[0]
-            array = array.flatten()
-        dim = array.type.list_size
-        vectors.append(array.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim))
-    hashes = table.column("text_hash").combine_chunks()
-    text_hash = np.frombuffer(hashes.buffers()[1], dtype=np.uint8)[
-        hashes.offset * HASH_BYTES:(hashes.offset + n) * HASH_BYTES].reshape(n, HASH_BYTES).copy()
-    return Rows(
-        table.column("doc_id").combine_chunks(),
-        table.column("num_tokens").to_numpy().astype(np.int32),
-        vectors,
-        offsets,
-        table.column("windows").to_numpy().astype(np.int32) if "windows" in names else None,
-        text_hash,
-        engine_codes(REUSED, n),
-    )
-
-
 class CopyRows(beam.DoFn):
-    """``((file, group), [(rows, keys)])`` -> one ``Rows`` of those previous rows (a row asked for twice,
-    by an id repeated in the input, is copied twice): the row group is read once, whole, its pages
-    verified against their checksums, and each row's ``doc_id || text_hash`` checked to be the key the
-    join matched. A check that fails now (the shard changed during the run) fails the run: nothing is
-    committed, never a row copied from other data."""
+    """``((file, group), [(rows, text hashes)])`` -> one ``CopiedRows`` of those previous rows (a row asked
+    for twice, by an id repeated in the input, is copied twice), columns taken by name and cast to the
+    output's schema, never through NumPy: the row group is read once, whole, its pages verified against
+    their checksums, and each row's ``text_hash`` checked to be the one the join matched (the join itself
+    compared ids and hashes exactly). A check that fails now (the shard changed during the run) fails the
+    run: nothing is committed, never a row copied from other data."""
 
-    def __init__(self, paths: tuple[str, ...], mode: str, columns: list[str]):
+    def __init__(self, paths: tuple[str, ...], arrow_schema: pa.Schema):
         self.paths = paths
-        self.mode = mode
-        self.columns = columns
+        self.schema = arrow_schema
 
     def process(self, element):
         (index, group), wanted = element
         wanted = list(wanted)
         rows = np.concatenate([r for r, _ in wanted])
-        expected = pa.concat_arrays([k for _, k in wanted])
+        expected = np.concatenate([h for _, h in wanted])
         path = self.paths[index]
         table = read_checked(path, group).take(pa.array(rows))
-        got = join_keys(table.column("doc_id").combine_chunks(), table.column("text_hash").combine_chunks())
-        if not pc.all(pc.equal(got, expected.cast(got.type))).as_py():
+        if not np.array_equal(hash_matrix(table.column("text_hash").combine_chunks()), expected):
             raise ValueError(f"previous shard {path} row group {group} changed during the run: its rows are not "
                              "those the join matched; nothing is committed, rerun the job")
-        yield table_to_rows(table, self.mode, self.columns)
+        yield CopiedRows(table.select(self.schema.names).cast(self.schema))
 
 
 class KeepToEmbed(beam.DoFn):
@@ -373,7 +353,7 @@ class Reuse(beam.PTransform):
         reused = (
             joined[COPY]
             | "GroupByRowGroup" >> beam.GroupByKey()
-            | "CopyRows" >> beam.ParDo(CopyRows(paths, self.config.mode, [name for name, _ in self.config.columns]))
+            | "CopyRows" >> beam.ParDo(CopyRows(paths, output_schema(self.config)))
         )
         kept = again | "KeepToEmbed" >> beam.ParDo(KeepToEmbed(), beam.pvalue.AsList(joined.embed)).with_outputs(
             COUNTS, main="docs")

@@ -32,8 +32,8 @@ from apache_beam.metrics import Metrics
 
 from transforms.batch import DocBatch, hash_texts
 from transforms.errors import NAMESPACE
-from transforms.reuse import COPY, COUNTS, CopyRows, ReadPreviousKeys, combine_counts, hash_array, join_keys
-from transforms.write import HASH_BYTES
+from transforms.reuse import COPY, COUNTS, CopyRows, ReadPreviousKeys, combine_counts, hash_matrix
+from transforms.write import HASH_BYTES, output_schema
 
 SEEN = "seen"
 
@@ -80,7 +80,7 @@ class PreviousIndex:
             "doc_id": pa.array([], pa.binary()), "text_hash": pa.array([], pa.binary(HASH_BYTES)),
             "file": pa.array([], pa.int32()), "group": pa.array([], pa.int32()), "row": pa.array([], pa.int32())})
         self.ids = table.column("doc_id").combine_chunks().cast(pa.binary())
-        self.hashes = _hash_matrix(table.column("text_hash").combine_chunks())
+        self.hashes = hash_matrix(table.column("text_hash").combine_chunks())
         self.position = np.stack([table.column(c).to_numpy() for c in ("file", "group", "row")], axis=1)
         del table
         id_fp = id_fingerprints(self.ids)
@@ -159,15 +159,6 @@ class PreviousIndex:
         return found
 
 
-def _hash_matrix(hashes: pa.Array) -> np.ndarray:
-    """``fixed_size_binary(16)`` or ``binary`` of 16-byte values -> ``(B, 16)`` uint8."""
-    if pa.types.is_fixed_size_binary(hashes.type):
-        n = len(hashes)
-        return np.frombuffer(hashes.buffers()[1], dtype=np.uint8)[
-            hashes.offset * HASH_BYTES:(hashes.offset + n) * HASH_BYTES].reshape(n, HASH_BYTES).copy()
-    return np.frombuffer(b"".join(hashes.to_pylist()), dtype=np.uint8).reshape(len(hashes), HASH_BYTES).copy()
-
-
 class MatchPrevious(beam.DoFn):
     """``DocBatch(ids, texts)`` -> its documents to embed, with their ``text_hash`` (main output); ``((file,
     group), (rows, keys))`` to copy (tag ``copy``); ``(count name, n)`` (tag ``counts``); the distinct-id
@@ -218,14 +209,13 @@ class MatchPrevious(beam.DoFn):
         if reused:
             at = found[matched]
             where = index.position[at]
-            wanted = join_keys(index.ids.take(pa.array(at)), hash_array(index.hashes[at]))
             order = np.lexsort((where[:, 2], where[:, 1], where[:, 0]))
-            where, wanted = where[order], wanted.take(pa.array(order))
+            where, wanted = where[order], index.hashes[at[order]]
             starts = np.flatnonzero(np.any(np.diff(where[:, :2], axis=0, prepend=-1) != 0, axis=1))
             for start, stop in zip(starts, np.append(starts[1:], len(where))):
                 key = (int(where[start, 0]), int(where[start, 1]))
                 yield beam.pvalue.TaggedOutput(COPY, (key, (where[start:stop, 2].astype(np.int64),
-                                                            wanted.slice(start, stop - start))))
+                                                            wanted[start:stop])))
 
 
 class UnionSeen(beam.CombineFn):
@@ -290,7 +280,7 @@ class ReuseByLookup(beam.PTransform):
         reused = (
             matched[COPY]
             | "GroupByRowGroup" >> beam.GroupByKey()
-            | "CopyRows" >> beam.ParDo(CopyRows(paths, self.config.mode, [name for name, _ in self.config.columns]))
+            | "CopyRows" >> beam.ParDo(CopyRows(paths, output_schema(self.config)))
         )
         removed = (
             matched[SEEN]

@@ -57,6 +57,11 @@ def schema(columns: list[tuple[str, int]], mode: str, dtype: str, provenance: di
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(provenance, sort_keys=True).encode()})
 
 
+def output_schema(config) -> pa.Schema:
+    """The schema a job with ``config`` (``JobConfig``) writes."""
+    return schema(config.columns, config.mode, config.dtype, config.provenance(), windows=config.long_docs == "carry")
+
+
 def _fixed_size(values: np.ndarray, field_type: pa.DataType) -> pa.Array:
     numpy_type = np.float16 if field_type.value_type == pa.float16() else np.float32
     flat = pa.array(values.reshape(-1).astype(numpy_type, copy=False))
@@ -237,11 +242,34 @@ class Rows:
         return Rows(ids, num_tokens, [self.columns[0][rows]], offsets, windows, text_hash, engines)
 
 
-def engine_counts(parts: list[Rows]) -> dict[str, int]:
-    """Documents per engine in ``parts``."""
+@dataclasses.dataclass
+class CopiedRows:
+    """Rows copied from a previous output (``--previous``): a ``pa.Table`` already of the output's schema,
+    written as it is (never through NumPy and back); their engine is ``reused``."""
+
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def nbytes(self) -> int:
+        return self.table.nbytes
+
+    def take(self, index: np.ndarray) -> CopiedRows:
+        return CopiedRows(self.table.take(pa.array(index, type=pa.int64())))
+
+
+def engine_counts(parts: list) -> dict[str, int]:
+    """Documents per engine in ``parts`` (``Rows`` and ``CopiedRows``)."""
     from beam_pipeline.engines import count_codes
 
-    return count_codes(np.concatenate([p.engines for p in parts]))
+    computed = [p.engines for p in parts if isinstance(p, Rows)]
+    counts = count_codes(np.concatenate(computed)) if computed else {}
+    copied = sum(len(p) for p in parts if isinstance(p, CopiedRows))
+    if copied:
+        counts["reused"] = counts.get("reused", 0) + copied
+    return counts
 
 
 def _hash_array(parts: list[Rows]) -> pa.Array:
@@ -250,8 +278,18 @@ def _hash_array(parts: list[Rows]) -> pa.Array:
                                                 [None, pa.py_buffer(np.ascontiguousarray(hashes).tobytes())])
 
 
-def rows_to_table(parts: list[Rows], arrow_schema: pa.Schema, mode: str) -> pa.Table:
-    """Batches of embedded documents -> one ``pa.Table`` of ``arrow_schema``."""
+def rows_to_table(parts: list, arrow_schema: pa.Schema, mode: str) -> pa.Table:
+    """Batches of embedded (``Rows``) or copied (``CopiedRows``) documents -> one ``pa.Table`` of
+    ``arrow_schema`` (copied rows' chunks as they are)."""
+    copied = [p.table for p in parts if isinstance(p, CopiedRows)]
+    if copied:
+        computed = [p for p in parts if isinstance(p, Rows)]
+        tables = ([_rows_table(computed, arrow_schema, mode)] if computed else []) + copied
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    return _rows_table(parts, arrow_schema, mode)
+
+
+def _rows_table(parts: list[Rows], arrow_schema: pa.Schema, mode: str) -> pa.Table:
     count = sum(len(p) for p in parts)
     reused = NAMES.index("reused")  # rows copied from --previous are written, not embedded
     Metrics.counter(NAMESPACE, "embedded").inc(count - sum(int((p.engines == reused).sum()) for p in parts))
