@@ -10,7 +10,8 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(dirname "$HERE")"
 IMAGE="${BRE_IMAGE:-localhost/bre/embed-worker:dev}"
 TENSORFLOW="${BRE_TENSORFLOW:-tensorflow==2.21.*}"
-eval "$(bash "$HERE/standins.sh")"
+bases="$(bash "$HERE/standins.sh")"  # fails the script if standins.sh fails
+eval "$bases"
 # shellcheck source=container/env.sh
 source "$HERE/env.sh"
 t=$(date +%s)
