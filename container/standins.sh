@@ -24,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]} with apt-get"
   t=$(date +%s)
   apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman runc debootstrap >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >&2
   log "apt-get install: $(secs "$t")"
 fi
 

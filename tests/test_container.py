@@ -10,8 +10,8 @@ apache-beam 2.77.0 from PyPI, Beam's boot entrypoint from Beam's Go module), the
   (podman behind Beam's ``docker`` commands). The rows, dead letters and summary equal the
   DirectRunner's, on local files shared with the containers and on gs:// (the GCS emulator).
 
-Outside CI, without podman (the image build installs it with apt-get as root), these tests skip;
-under CI they always run."""
+Outside CI, without podman, these tests skip (``bash container/build.sh`` installs it, as root, with
+apt-get); under CI (.ci/run has built the image by then) they always run."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,9 @@ IMAGE_UID = 1000  # the Dockerfile's USER
 @pytest.fixture(scope="session")
 def worker_image() -> str:
     """The worker image's name, built by ``container/build.sh`` (a no-op when .ci/run built it)."""
-    if shutil.which("podman") is None and (os.geteuid() != 0 or shutil.which("apt-get") is None):
-        message = "the container tests need podman (or root and apt-get, to install it)"
+    if shutil.which("podman") is None:
+        message = ("the container tests need podman, runc, debootstrap and Go: `bash container/build.sh` (as root) "
+                   "installs the first three with apt-get and builds the image")
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message + "; CI runs them")
@@ -119,11 +121,15 @@ def _run_options(cluster, *options: str) -> None:
         f.write("\n".join(options) + "\n")
 
 
+def _containers(image: str) -> list[str]:
+    return subprocess.run([DOCKER, "ps", "-aq", "--filter", f"ancestor={image}"], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
 def _remove_containers(image: str) -> list[str]:
     """Removes any container of the image still there (Beam's job service kills and removes the ones it
     started when the job's environments close); returns their ids."""
-    ids = subprocess.run([DOCKER, "ps", "-aq", "--filter", f"ancestor={image}"], capture_output=True, text=True,
-                         check=True).stdout.split()
+    ids = _containers(image)
     if ids:
         subprocess.run([DOCKER, "rm", "-f", *ids], capture_output=True, check=False)
     return ids
@@ -154,7 +160,8 @@ def _corpus(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
 def test_flink_docker_environment_runs_the_job_in_the_image_with_the_direct_runners_rows(
         docker_cluster, worker_image, small_job, shared_folder):
     """Every SDK harness of the job is the image's boot entrypoint in a container the TaskManagers start;
-    the shards, written inside the containers, belong to the image's user."""
+    the shards, written inside the containers, belong to the image's user; once the job is over, Beam has
+    killed and removed every container it started."""
     paths, docs = _corpus(shared_folder)
     model = shutil.copy(small_job.model, shared_folder / "model.keras")
     tokenizer = shutil.copy(small_job.tokenizer, shared_folder / "tokenizer.json")
@@ -177,6 +184,10 @@ def test_flink_docker_environment_runs_the_job_in_the_image_with_the_direct_runn
     assert shards and {s.stat().st_uid for s in shards} == {IMAGE_UID}, "shards not written inside the image"
     job = max(docker_cluster.jobs(), key=lambda j: j["start-time"])
     assert job["state"] == "FINISHED"
+    deadline = time.time() + 60  # the TaskManagers close the job's environments as its tasks end
+    while _containers(worker_image) and time.time() < deadline:
+        time.sleep(1)
+    assert not _containers(worker_image), "containers left behind after the job"
 
 
 def test_flink_docker_environment_reads_and_writes_gs_from_inside_the_image(
