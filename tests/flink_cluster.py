@@ -3,7 +3,9 @@ TaskManager processes with 4 slots each, each a process of its own started in th
 tests own their pids. ``.ci/flink.sh`` provides the Flink distribution and Beam's Flink job server jar.
 
 The SDK harness is the PROCESS environment: each TaskManager starts its own Python SDK worker
-processes with ``tests/flink_sdk_worker.py`` (Beam's boot binary's part for Python). The two
+processes with ``tests/flink_sdk_worker.py`` (Beam's boot binary's part for Python); or, for
+tests/test_container.py, the DOCKER environment: the TaskManagers find ``container/bin/docker`` (podman
+behind it) first on their PATH and start the worker image's boot entrypoint in containers. The two
 environments that share one worker pool between both TaskManagers fail on one host:
 
 - EXTERNAL with one Beam worker pool (``worker_pool_main``): each TaskManager numbers its SDK workers
