@@ -3,7 +3,9 @@ TaskManager processes with 4 slots each, each a process of its own started in th
 tests own their pids. ``.ci/flink.sh`` provides the Flink distribution and Beam's Flink job server jar.
 
 The SDK harness is the PROCESS environment: each TaskManager starts its own Python SDK worker
-processes with ``tests/flink_sdk_worker.py`` (Beam's boot binary's part for Python). The two
+processes with ``tests/flink_sdk_worker.py`` (Beam's boot binary's part for Python); or, for
+tests/test_container.py, the DOCKER environment: the TaskManagers find ``container/bin/docker`` (podman
+behind it) first on their PATH and start the worker image's boot entrypoint in containers. The two
 environments that share one worker pool between both TaskManagers fail on one host:
 
 - EXTERNAL with one Beam worker pool (``worker_pool_main``): each TaskManager numbers its SDK workers
@@ -122,9 +124,14 @@ class FlinkCluster:
 
     def start(self) -> FlinkCluster:
         conf = self.conf_dir()
-        # the TaskManagers start the SDK workers: they need this checkout importable
+        # the TaskManagers start the SDK workers: they need this checkout importable (PROCESS), or a
+        # `docker` (DOCKER: container/bin/docker, podman behind it, with the run options the container
+        # tests write to docker_run_options)
+        self.docker_run_options = os.path.join(self.folder, "docker-run-options")
         env = {**os.environ, "FLINK_CONF_DIR": conf, "FLINK_LOG_DIR": self.folder, "FLINK_PID_DIR": self.folder,
-               "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+               "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+               "PATH": os.pathsep.join([os.path.join(ROOT, "container", "bin"), os.environ.get("PATH", "")]),
+               "BRE_DOCKER_RUN_OPTIONS": self.docker_run_options}
         self.sdk_worker_command = os.path.join(self.folder, "sdk_worker.sh")
         with open(self.sdk_worker_command, "w") as f:
             f.write(f'#!/bin/sh\nexec "{sys.executable}" "{os.path.join(ROOT, "tests", "flink_sdk_worker.py")}" "$@"\n')
@@ -181,11 +188,16 @@ class FlinkCluster:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
-    def runner_args(self, parallelism: int = 4) -> list[str]:
+    def runner_args(self, parallelism: int = 4, docker_image: str | None = None) -> list[str]:
+        """The PROCESS environment (tests/flink_sdk_worker.py), or with ``docker_image`` the DOCKER
+        environment: each TaskManager starts that image's boot entrypoint as its SDK harness."""
+        if docker_image:
+            environment = ["--environment_type=DOCKER", f"--environment_config={docker_image}"]
+        else:
+            environment = ["--environment_type=PROCESS",
+                           "--environment_config=" + json.dumps({"command": self.sdk_worker_command})]
         return ["--runner=FlinkRunner", f"--flink_master={self.master}", "--flink_version=1.19",
-                f"--flink_job_server_jar={self.job_server_jar}", f"--parallelism={parallelism}",
-                "--environment_type=PROCESS",
-                "--environment_config=" + json.dumps({"command": self.sdk_worker_command})]
+                f"--flink_job_server_jar={self.job_server_jar}", f"--parallelism={parallelism}", *environment]
 
     def jobs(self) -> list[dict]:
         return self.rest("/jobs/overview")["jobs"]
