@@ -45,6 +45,7 @@ from apache_beam.metrics import Metrics
 
 from beam_pipeline.options import JobConfig
 from transforms.batch import DocBatch, concat, hash_texts
+from transforms.checked_read import read_checked
 from transforms.errors import NAMESPACE
 from transforms.write import HASH_BYTES, METADATA_KEY, CopiedRows, output_schema
 
@@ -79,26 +80,6 @@ def combine_counts(values) -> int | str:
     if values and isinstance(values[0], str):
         return "; ".join(sorted(set(values)))
     return sum(values)
-
-
-def read_checked(path: str, group: int, columns: list[str] | None = None) -> pa.Table:
-    """Row group ``group`` of the shard at ``path``, every page verified against its CRC-32 (and each
-    column chunk checked to have one); raises ``ValueError`` naming the file when a check fails."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    from beam_pipeline.previous import pages_have_checksums
-
-    try:
-        with FileSystems.open(path) as f:
-            shard = pq.ParquetFile(f, page_checksum_verification=True)
-            if not pages_have_checksums(f, shard.metadata, group):
-                raise ValueError("a page without a checksum")
-            return shard.read_row_group(group, columns=columns)
-    except ValueError as e:
-        raise ValueError(f"{path} row group {group}: {e}") from e
-    except Exception as e:  # OSError from a bad checksum or page header, ArrowInvalid, ...
-        raise ValueError(f"{path} row group {group}: {type(e).__name__}: {e}") from e
 
 
 def buckets_of(ids: pa.Array, buckets: int) -> np.ndarray:
@@ -183,7 +164,7 @@ class ReadPreviousKeys(beam.DoFn):
             return
         for group in range(groups):
             try:
-                keys = read_checked(path, group).select(KEY_COLUMNS)
+                keys = read_checked(path, group, KEY_COLUMNS)  # the vectors' pages: CRC-checked, not decoded
             except ValueError as e:
                 LOG.warning("previous shard %s: not reused where damaged (%s)", path, e)
                 yield beam.pvalue.TaggedOutput(COUNTS, (DAMAGED + path, f"damaged: {e}"))

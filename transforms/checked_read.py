@@ -1,0 +1,166 @@
+"""Reading a previous output's row groups with every page checked against its CRC-32 checksum.
+
+The job writes Parquet page checksums (``write_page_checksum``); pyarrow verifies those of the pages it
+decodes (``page_checksum_verification``), but passes a page that has none. ``read_checked`` therefore
+also walks the page headers of each column chunk (Thrift compact protocol: ``PageHeader`` fields 3,
+``compressed_page_size``, and 4, ``crc``) and requires a CRC on every page. The columns a caller does not
+need decoded (the vectors, when only the keys are wanted) are verified on their raw bytes, without
+decompressing them: ``zlib.crc32`` of each page's data against its header's CRC, as the format defines it.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pyarrow as pa
+
+# Thrift compact protocol type codes (the low nibble of a field header).
+_TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(1, 13)
+
+
+class PageError(ValueError):
+    """A page that fails its checksum, has none, or whose header cannot be read."""
+
+
+def _varint(buf: bytes, at: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if at >= len(buf):
+            raise PageError("a page header runs past the column chunk")
+        byte = buf[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+        if shift > 63:
+            raise PageError("a malformed varint in a page header")
+
+
+def _skip(buf: bytes, at: int, kind: int, depth: int = 0) -> int:
+    """Past one value of Thrift compact type ``kind`` at ``at``."""
+    if depth > 16:
+        raise PageError("a page header nested too deep")
+    if kind in (_TRUE, _FALSE):
+        return at
+    if kind == _BYTE:
+        return at + 1
+    if kind in (_I16, _I32, _I64):
+        return _varint(buf, at)[1]
+    if kind == _DOUBLE:
+        return at + 8
+    if kind == _BINARY:
+        size, at = _varint(buf, at)
+        return at + size
+    if kind in (_LIST, _SET):
+        header = buf[at]
+        at += 1
+        size, element = header >> 4, header & 0x0F
+        if size == 15:
+            size, at = _varint(buf, at)
+        for _ in range(size):
+            at = at + 1 if element in (_TRUE, _FALSE) else _skip(buf, at, element, depth + 1)
+        return at
+    if kind == _MAP:
+        size, at = _varint(buf, at)
+        if size:
+            types = buf[at]
+            at += 1
+            for _ in range(size):
+                at = _skip(buf, at, types >> 4, depth + 1)
+                at = _skip(buf, at, types & 0x0F, depth + 1)
+        return at
+    if kind == _STRUCT:
+        return _struct(buf, at, depth + 1)[1]
+    raise PageError(f"an unknown Thrift type {kind} in a page header")
+
+
+def _struct(buf: bytes, at: int, depth: int = 0) -> tuple[dict[int, int], int]:
+    """The integer fields of the struct at ``at`` (by field id) and the position past it."""
+    fields: dict[int, int] = {}
+    field = 0
+    while True:
+        if at >= len(buf):
+            raise PageError("a page header runs past the column chunk")
+        header = buf[at]
+        at += 1
+        if header == 0:
+            return fields, at
+        kind, delta = header & 0x0F, header >> 4
+        if delta:
+            field += delta
+        else:
+            raw, at = _varint(buf, at)
+            field = (raw >> 1) ^ -(raw & 1)
+        if kind in (_I16, _I32, _I64):
+            raw, at = _varint(buf, at)
+            fields[field] = (raw >> 1) ^ -(raw & 1)
+        else:
+            at = _skip(buf, at, kind, depth)
+
+
+def verify_chunk(buf: bytes) -> int:
+    """Checks every page of one column chunk's bytes against its CRC-32; returns the number of pages."""
+    at = pages = 0
+    while at < len(buf):
+        fields, at = _struct(buf, at)
+        size, crc = fields.get(3), fields.get(4)
+        if size is None or size < 0 or at + size > len(buf):
+            raise PageError("a page header with no or a wrong compressed size")
+        if crc is None:
+            raise PageError("a page without a checksum")
+        if zlib.crc32(buf[at:at + size]) != crc & 0xFFFFFFFF:
+            raise PageError("a page whose data does not match its CRC-32 checksum")
+        at += size
+        pages += 1
+    return pages
+
+
+def _chunk_bytes(handle, column) -> bytes:
+    start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+    handle.seek(start)
+    data = handle.read(column.total_compressed_size)
+    if len(data) != column.total_compressed_size:
+        raise PageError("the file ends inside a column chunk")
+    return data
+
+
+def read_checked(path: str, group: int, columns: list[str] | None = None) -> pa.Table:
+    """Row group ``group`` of the shard at ``path``: ``columns`` (every column when None) decoded, and
+    every page of every column chunk checked to carry a CRC-32 that matches its data (the decoded ones by
+    pyarrow as it reads, the others on their raw bytes). Raises ``ValueError`` naming the file and row
+    group when a check fails or the file cannot be read."""
+    import os
+
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with (open(path, "rb") if "://" not in path and os.path.exists(path) else FileSystems.open(path)) as f:
+            shard = pq.ParquetFile(f, page_checksum_verification=True)
+            row_group = shard.metadata.row_group(group)
+            decoded = set(columns if columns is not None else shard.schema_arrow.names)
+            for c in range(row_group.num_columns):
+                column = row_group.column(c)
+                top = column.path_in_schema.split(".")[0]
+                if top in decoded:  # pyarrow checks the CRCs of the pages it decodes: that each page has one
+                    _first_pages_have_crc(_chunk_bytes(f, column))
+                else:
+                    verify_chunk(_chunk_bytes(f, column))
+            return shard.read_row_group(group, columns=columns, use_threads=False)
+    except Exception as e:  # PageError, OSError from a bad checksum or page header, ArrowInvalid, ...
+        detail = str(e) if isinstance(e, PageError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"{path} row group {group}: {detail}") from e
+
+
+def _first_pages_have_crc(buf: bytes) -> None:
+    """Every page header of the chunk has a CRC (pyarrow checks the values as it decodes)."""
+    at = 0
+    while at < len(buf):
+        fields, at = _struct(buf, at)
+        if fields.get(4) is None:
+            raise PageError("a page without a checksum")
+        size = fields.get(3)
+        if size is None or size < 0:
+            raise PageError("a page header with no compressed size")
+        at += size
