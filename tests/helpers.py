@@ -100,8 +100,10 @@ def read_output(prefix: str, text_hash: bool = False) -> pa.Table:
     (``fixed_size_binary(16)``); it is dropped unless ``text_hash``, so that the columns after
     ``doc_id``, ``num_tokens`` (and ``windows``) are the embedding columns."""
     summary = f"{prefix}-summary.json"
-    if os.path.exists(summary):  # the commit record lists the output's shards
-        shards = sorted(json.loads(open(summary).read())["output_files"])
+    if os.path.exists(summary):  # the commit record lists the output's shards (beside it, if copied here)
+        listed = json.loads(open(summary).read())["output_files"]
+        shards = sorted(p if os.path.exists(p) else os.path.join(os.path.dirname(summary), os.path.basename(p))
+                        for p in listed)
     else:
         shards = sorted(glob.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].parquet")
                         + glob.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].g1.parquet"))
