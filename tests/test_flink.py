@@ -306,5 +306,5 @@ def test_flink_incremental_run_copies_unchanged_rows(flink_cluster, small_job, f
     job = max(flink_cluster.jobs(), key=lambda j: j["start-time"])
     assert job["state"] == "FINISHED"
     vertices = {s["vertex"] for s in flink_cluster.subtasks(job["jid"])}
-    for step in ("Reuse/MatchPrevious", "Reuse/GroupByRowGroup"):  # the lookup and the copies ran as Flink tasks
+    for step in ("Reuse/UnionSeen", "Reuse/GroupByRowGroup"):  # the lookup's ids seen and the copies ran as Flink tasks
         assert any(step in v for v in vertices), (step, vertices)

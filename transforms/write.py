@@ -443,7 +443,15 @@ class WriteEmbeddings(beam.PTransform):
                 files.append(tables | f"WriteParquet{label}" >> beam.ParDo(iobase._WriteBundleDoFn(sink),
                                                                             AsSingleton(init)))
                 counts.append(tables | f"CountRows{label}" >> beam.FlatMap(lambda record: record[1].items()))
-            written = files[0] if len(files) == 1 else files | "AllShards" >> beam.Flatten()
+            # the file names through a GroupByKey, as Beam's WriteImpl does: a side input read straight off
+            # the writers would split them from the stage that feeds them (on Flink a pipelined exchange, so a
+            # lost TaskManager failed its consumers too and used up the job's restart attempts at once)
+            written = (
+                (files[0] if len(files) == 1 else files | "AllShards" >> beam.Flatten())
+                | "PairFiles" >> beam.Map(lambda name: (None, name))
+                | "GroupFiles" >> beam.GroupByKey()
+                | "FileNames" >> beam.FlatMap(lambda kv: kv[1])
+            )
             rows = ((counts[0] if len(counts) == 1 else counts | "AllCounts" >> beam.Flatten())
                     | "SumRows" >> beam.CombinePerKey(sum))
             min_shards = 1
