@@ -42,7 +42,6 @@ HASH_COLUMN = "text_hash"
 KEPT_SUFFIX = "-summary.previous.json"
 DOCS_PER_BUCKET = 50_000  # previous rows per join bucket the launcher aims for
 MAX_BUCKETS = 256  # each input batch is split in at most this many pieces
-PAGE_HEADER_CRC = 0x15  # Thrift compact: field 4 (crc), type i32, right after fields 1-3 of a PageHeader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,28 +122,6 @@ def _expected_columns(config: JobConfig) -> dict[str, str]:
     return {f.name: type_key(f.type) for f in schema}
 
 
-def pages_have_checksums(handle, metadata, group: int) -> bool:
-    """Whether the first page of every column chunk of row group ``group`` carries a CRC (pyarrow verifies
-    only the pages that have one: a shard written without them could not be checked)."""
-    row_group = metadata.row_group(group)
-    for c in range(row_group.num_columns):
-        column = row_group.column(c)
-        offset = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
-        handle.seek(offset)
-        header = handle.read(32)
-        at = 0
-        for _ in range(3):  # fields 1-3: i32 (type, sizes), each a field byte and a zigzag varint
-            if at >= len(header) or header[at] != PAGE_HEADER_CRC:
-                return False
-            at += 1
-            while at < len(header) and header[at] & 0x80:
-                at += 1
-            at += 1
-        if at >= len(header) or header[at] != PAGE_HEADER_CRC:
-            return False
-    return True
-
-
 def check_shard(path: str, expected: dict, columns: dict[str, str]) -> str | None:
     """Why the previous shard at ``path`` cannot be reused (``None`` when it can, pending each row
     group's page checksums): missing, unreadable, another job's or no footer provenance, another schema,
@@ -152,6 +129,7 @@ def check_shard(path: str, expected: dict, columns: dict[str, str]) -> str | Non
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
+    from transforms.checked_read import first_pages_have_crc
     from transforms.write import METADATA_KEY
 
     try:
@@ -173,7 +151,7 @@ def check_shard(path: str, expected: dict, columns: dict[str, str]) -> str | Non
                 return "schema differs: " + "; ".join(
                     part for part in (f"missing {missing}" if missing else "", f"extra {extra}" if extra else "",
                                       f"other types {other}" if other else "") if part)
-            if shard.metadata.num_row_groups and not pages_have_checksums(f, shard.metadata, 0):
+            if shard.metadata.num_row_groups and not first_pages_have_crc(f, shard.metadata, 0):
                 return "written without page checksums (their data could not be verified)"
     except Exception as e:  # truncated, zero bytes, not Parquet, damaged footer: the reader's own words
         return f"unreadable: {type(e).__name__}: {e}"

@@ -75,8 +75,9 @@ def _skip(buf: bytes, at: int, kind: int, depth: int = 0) -> int:
     raise PageError(f"an unknown Thrift type {kind} in a page header")
 
 
-def _struct(buf: bytes, at: int, depth: int = 0) -> tuple[dict[int, int], int]:
-    """The integer fields of the struct at ``at`` (by field id) and the position past it."""
+def _struct(buf: bytes, at: int, depth: int = 0, last: int | None = None) -> tuple[dict[int, int], int]:
+    """The integer fields of the struct at ``at`` (by field id) and the position past it; with ``last``,
+    only the fields up to that id (the position returned is then inside the struct)."""
     fields: dict[int, int] = {}
     field = 0
     while True:
@@ -92,6 +93,8 @@ def _struct(buf: bytes, at: int, depth: int = 0) -> tuple[dict[int, int], int]:
         else:
             raw, at = _varint(buf, at)
             field = (raw >> 1) ^ -(raw & 1)
+        if last is not None and field > last:  # fields come in increasing order
+            return fields, at - 1
         if kind in (_I16, _I32, _I64):
             raw, at = _varint(buf, at)
             fields[field] = (raw >> 1) ^ -(raw & 1)
@@ -114,6 +117,22 @@ def verify_chunk(buf: bytes) -> int:
         at += size
         pages += 1
     return pages
+
+
+def first_pages_have_crc(handle, metadata, group: int) -> bool:
+    """Whether the first page of every column chunk of row group ``group`` carries a CRC (read from the
+    first 64 bytes of each: ``PageHeader`` fields 1-4 are integers), without reading the chunks."""
+    row_group = metadata.row_group(group)
+    for c in range(row_group.num_columns):
+        column = row_group.column(c)
+        handle.seek(column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset)
+        try:
+            fields, _ = _struct(handle.read(64), 0, last=4)
+        except PageError:
+            return False
+        if 4 not in fields:
+            return False
+    return True
 
 
 def _chunk_bytes(handle, column) -> bytes:
@@ -147,7 +166,7 @@ def read_checked(path: str, group: int, columns: list[str] | None = None) -> pa.
                 column = row_group.column(c)
                 top = column.path_in_schema.split(".")[0]
                 if top in decoded:  # pyarrow checks the CRCs of the pages it decodes: that each page has one
-                    _first_pages_have_crc(_chunk_bytes(f, column))
+                    _every_page_has_crc(_chunk_bytes(f, column))
                 else:
                     verify_chunk(_chunk_bytes(f, column))
             return shard.read_row_group(group, columns=columns, use_threads=False)
@@ -156,7 +175,7 @@ def read_checked(path: str, group: int, columns: list[str] | None = None) -> pa.
         raise ValueError(f"{path} row group {group}: {detail}") from e
 
 
-def _first_pages_have_crc(buf: bytes) -> None:
+def _every_page_has_crc(buf: bytes) -> None:
     """Every page header of the chunk has a CRC (pyarrow checks the values as it decodes)."""
     at = 0
     while at < len(buf):

@@ -117,46 +117,51 @@ class PreviousIndex:
     def match(self, ids: pa.Array, text_hash: np.ndarray, id_fp: np.ndarray) -> np.ndarray:
         """``(B,)`` int64: for each document the index (in the order read) of its previous row, the
         first of equal ones, or -1."""
-        found = np.full(len(ids), -1, dtype=np.int64)
-        if not len(self):
-            return found
-        key_fp = key_fingerprints(id_fp, text_hash)
-        at = _search(self.key_fp, key_fp)
-        n = len(self)
-        todo = np.flatnonzero(at < n)
-        while len(todo):  # each round checks the next candidate of the documents still unmatched
-            same_fp = self.key_fp[at[todo]] == key_fp[todo]
-            todo = todo[same_fp]
-            if not len(todo):
-                break
-            candidate = self.by_key[at[todo]]
-            equal = np.all(self.hashes[candidate] == text_hash[todo], axis=1)
-            equal &= _equal_ids(self.ids.take(pa.array(candidate)), ids.take(pa.array(todo)))
-            found[todo[equal]] = candidate[equal]
-            todo = todo[~equal]
-            at[todo] += 1
-            todo = todo[at[todo] < n]
-        return found
+
+        def equal(todo: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+            rows = self.by_key[candidate]
+            same = np.all(self.hashes[rows] == text_hash[todo], axis=1)
+            return same & _equal_ids(self.ids.take(pa.array(rows)), ids.take(pa.array(todo)))
+
+        return _mapped(_first_equal(self.key_fp, key_fingerprints(id_fp, text_hash), equal), self.by_key)
 
     def known_ids(self, ids: pa.Array, id_fp: np.ndarray) -> np.ndarray:
         """``(B,)`` int64: for each id its distinct-id number among the previous ids, or -1."""
-        found = np.full(len(ids), -1, dtype=np.int64)
-        if not len(self):
-            return found
-        at = _search(self.id_fp, id_fp)
-        n = len(self)
-        todo = np.flatnonzero(at < n)
-        while len(todo):
-            same_fp = self.id_fp[at[todo]] == id_fp[todo]
-            todo = todo[same_fp]
-            if not len(todo):
-                break
-            equal = _equal_ids(self.ids.take(pa.array(self.by_id[at[todo]])), ids.take(pa.array(todo)))
-            found[todo[equal]] = self.distinct[at[todo[equal]]]
-            todo = todo[~equal]
-            at[todo] += 1
-            todo = todo[at[todo] < n]
+
+        def equal(todo: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+            return _equal_ids(self.ids.take(pa.array(self.by_id[candidate])), ids.take(pa.array(todo)))
+
+        return _mapped(_first_equal(self.id_fp, id_fp, equal), self.distinct)
+
+
+def _mapped(at: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values[at]`` where ``at`` >= 0, else -1 (int64)."""
+    out = np.full(len(at), -1, dtype=np.int64)
+    hit = at >= 0
+    out[hit] = values[at[hit]]
+    return out
+
+
+def _first_equal(sorted_fp: np.ndarray, fp: np.ndarray, equal) -> np.ndarray:
+    """``(B,)`` int64: for each query the first position in ``sorted_fp`` holding its fingerprint whose
+    entry ``equal(queries, positions)`` confirms exactly, or -1. Each round checks the next candidate of
+    the queries still unconfirmed (a fingerprint collision costs a round, never a wrong answer)."""
+    found = np.full(len(fp), -1, dtype=np.int64)
+    n = len(sorted_fp)
+    if not n:
         return found
+    at = _search(sorted_fp, fp)
+    todo = np.flatnonzero(at < n)
+    while len(todo):
+        todo = todo[sorted_fp[at[todo]] == fp[todo]]
+        if not len(todo):
+            break
+        confirmed = equal(todo, at[todo])
+        found[todo[confirmed]] = at[todo[confirmed]]
+        todo = todo[~confirmed]
+        at[todo] += 1
+        todo = todo[at[todo] < n]
+    return found
 
 
 class MatchPrevious(beam.DoFn):
