@@ -60,6 +60,7 @@ class Previous:
     shards_not_reused: dict = dataclasses.field(default_factory=dict)
     generation: str = ""
     join: str = "shuffle"  # "lookup" or "shuffle" (``choose_join``)
+    footers: tuple[str, ...] = ()  # per shard of ``files``: its ``checked_read.footer_digest`` when checked
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,23 +127,30 @@ def check_shard(path: str, expected: dict, columns: dict[str, str]) -> str | Non
     """Why the previous shard at ``path`` cannot be reused (``None`` when it can, pending each row
     group's page checksums): missing, unreadable, another job's or no footer provenance, another schema,
     no page checksums."""
+    return check_shard_footer(path, expected, columns)[0]
+
+
+def check_shard_footer(path: str, expected: dict, columns: dict[str, str]) -> tuple[str | None, str | None]:
+    """``check_shard``'s answer, and the shard's ``footer_digest`` as checked (``None`` when not usable):
+    every later read of the shard requires the same one (a file replaced during the run is never used)."""
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    from transforms.checked_read import first_pages_have_crc
+    from transforms.checked_read import first_pages_have_crc, footer_digest
     from transforms.write import METADATA_KEY
 
     try:
         if not files.exists(path):
-            return "missing"
+            return "missing", None
         with FileSystems.open(path) as f:
             shard = pq.ParquetFile(f)
+            digest = footer_digest(f)
             footer = (shard.schema_arrow.metadata or {}).get(METADATA_KEY)
             if footer is None:
-                return "no embedding_job footer metadata"
+                return "no embedding_job footer metadata", None
             differs = differing_fields(json.loads(footer), expected)
             if differs:
-                return f"footer provenance differs in: {', '.join(differs)}"
+                return f"footer provenance differs in: {', '.join(differs)}", None
             found = {field.name: type_key(field.type) for field in shard.schema_arrow}
             if found != columns:
                 missing = sorted(set(columns) - set(found))
@@ -150,12 +158,12 @@ def check_shard(path: str, expected: dict, columns: dict[str, str]) -> str | Non
                 other = sorted(n for n in set(found) & set(columns) if found[n] != columns[n])
                 return "schema differs: " + "; ".join(
                     part for part in (f"missing {missing}" if missing else "", f"extra {extra}" if extra else "",
-                                      f"other types {other}" if other else "") if part)
+                                      f"other types {other}" if other else "") if part), None
             if shard.metadata.num_row_groups and not first_pages_have_crc(f, shard.metadata, 0):
-                return "written without page checksums (their data could not be verified)"
+                return "written without page checksums (their data could not be verified)", None
     except Exception as e:  # truncated, zero bytes, not Parquet, damaged footer: the reader's own words
-        return f"unreadable: {type(e).__name__}: {e}"
-    return None
+        return f"unreadable: {type(e).__name__}: {e}", None
+    return None, digest
 
 
 def load(prefix: str, config: JobConfig) -> Previous:
@@ -180,13 +188,15 @@ def load(prefix: str, config: JobConfig) -> Previous:
     differs = differing_fields(provenance, current)
     why_not = f"provenance differs in: {', '.join(differs)}" if differs else None
     not_reused: dict[str, str] = {}
+    footers: dict[str, str] = {}
     if why_not:
         LOG.warning("--previous %s: not reused, every document is embedded (%s)", prefix, why_not)
     else:
         expected, columns = value_fields(current), _expected_columns(config)
         with ThreadPoolExecutor(max_workers=16) as pool:
-            reasons = list(pool.map(lambda p: check_shard(p, expected, columns), shards))
-        not_reused = {p: r for p, r in zip(shards, reasons, strict=True) if r}
+            checked = list(pool.map(lambda p: check_shard_footer(p, expected, columns), shards))
+        not_reused = {p: r for p, (r, _) in zip(shards, checked, strict=True) if r}
+        footers = {p: d for p, (_, d) in zip(shards, checked, strict=True) if d}
         for path, reason in not_reused.items():
             LOG.warning("--previous %s: shard %s not reused, its documents are embedded again (%s)", prefix, path,
                         reason)
@@ -195,12 +205,13 @@ def load(prefix: str, config: JobConfig) -> Previous:
     buckets = max(1, min(MAX_BUCKETS, -(-rows // DOCS_PER_BUCKET)))
     generation = generation_of(shards[0]) if shards else ""
     join = choose_join(config, usable, rows)
-    return Previous(prefix, usable, why_not, tuple(differs), buckets, provenance, not_reused, generation, join)
+    return Previous(prefix, usable, why_not, tuple(differs), buckets, provenance, not_reused, generation, join,
+                    tuple(footers[p] for p in usable))
 
 
-# The lookup join's memory per previous row in one worker process: the index (72 bytes and the id, measured:
-# 83 MB for a million 12-byte ids) and Beam's decoded copy of the side input (44 bytes and the id).
-LOOKUP_BYTES_PER_ROW = 116
+# The lookup join's memory per previous row in one worker process, at its peak while the index is built (the
+# index itself keeps ~34 bytes and the id: transforms/reuse_lookup.py); plus twice the id (``lookup_bytes``).
+LOOKUP_BYTES_PER_ROW = 52
 
 
 def lookup_bytes(shards: tuple[str, ...], rows: int) -> int:

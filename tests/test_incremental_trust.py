@@ -380,3 +380,70 @@ def test_prefixes_are_compared_after_normalization(spellings, tmp_path, monkeypa
     assert len({normalize_prefix(p) for p in spellings}) == 1
     assert normalize_prefix("gs://b/out/emb") != normalize_prefix("gs://c/out/emb")
     assert normalize_prefix("out/emb") == str(tmp_path / "out" / "emb")
+
+
+# A shard replaced after the launcher checked it: the footer digest it recorded no longer matches.
+
+def _rewrite_reversed(shard: str) -> None:
+    """The shard rewritten as a valid output of the same job (footer, provenance, checksums), its rows in
+    reverse order: every position now holds another document's row."""
+    table = pq.read_table(shard)
+    table = table.take(pa.array(np.arange(table.num_rows)[::-1]))
+    pq.write_table(table, shard + ".tmp", write_page_checksum=True, use_compliant_nested_type=False)
+    os.replace(shard + ".tmp", shard)
+
+
+@pytest.mark.parametrize("join", ["lookup", "shuffle"])
+def test_a_shard_replaced_after_the_launcher_checked_it_is_not_reused(small_job, day1, tmp_path, monkeypatch, join):
+    """Replaced between the launcher's check and the run's own (another valid file of the same job, the
+    rows in another order): its documents are embedded again and the summary names it; the output is the
+    full run's."""
+    from beam_pipeline import previous
+
+    folder, path, docs, _ = day1
+    prefix = _copy_output(day1, tmp_path / "replaced")
+    shard = json.loads(open(prefix + "-summary.json").read())["output_files"][0]
+    rows = pq.ParquetFile(shard).metadata.num_rows
+    original = previous.check_shard_footer
+
+    def check_then_replace(p, expected, columns):
+        answer = original(p, expected, columns)
+        if p == shard:
+            _rewrite_reversed(p)
+        return answer
+
+    monkeypatch.setattr(previous, "check_shard_footer", check_then_replace)
+    got = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--mode", "states", "--previous", prefix,
+                                         "--previous_join", join))
+    assert "changed since the launcher checked it" in got["previous"]["shards_not_reused"][shard]
+    assert got["reused"] == len(docs) - rows and got["accounted"] and got["new"] is None
+    _assert_same_as(_rows(tmp_path / "inc"), _rows(folder / "emb"))
+
+
+@pytest.mark.parametrize("join", ["lookup", "shuffle"])
+def test_a_shard_replaced_during_the_run_fails_it_and_commits_nothing(small_job, day1, tmp_path, monkeypatch, join):
+    """Replaced after the run checked its row groups, before its rows are indexed or copied: the run fails,
+    no summary is written (a rerun then recomputes that shard's documents), never a row taken from the
+    other file."""
+    from transforms import reuse
+
+    folder, path, docs, _ = day1
+    prefix = _copy_output(day1, tmp_path / "replaced")
+    shard = json.loads(open(prefix + "-summary.json").read())["output_files"][0]
+    original = reuse.ReadPreviousKeys.process
+
+    def check_then_replace(self, element):
+        yield from original(self, element)
+        if element[1] == shard:
+            _rewrite_reversed(shard)
+
+    monkeypatch.setattr(reuse.ReadPreviousKeys, "process", check_then_replace)
+    out = tmp_path / "inc"
+    with pytest.raises(Exception, match="changed"):
+        helpers.run_job(small_job.argv(path, out, *FLAGS, "--mode", "states", "--previous", prefix,
+                                       "--previous_join", join))
+    assert not os.path.exists(f"{out}-summary.json")
+    monkeypatch.undo()
+    got = helpers.run_job(small_job.argv(path, out, *FLAGS, "--mode", "states", "--previous", prefix))
+    assert got["accounted"]
+    _assert_same_as(_rows(out), _rows(folder / "emb"))

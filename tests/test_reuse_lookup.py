@@ -16,49 +16,51 @@ IDS = st.sampled_from(["a", "b", "c", "dd", "é", "doc-1", "doc-10", ""])
 HASHES = st.sampled_from([bytes([k]) * 16 for k in range(4)] + [bytes(15) + b"\x01"])
 
 
-def _piece(rows: list[tuple[str, bytes]], file: int, group: int) -> pa.Table:
-    return pa.table({"doc_id": pa.array([r[0].encode() for r in rows], pa.binary()),
-                     "text_hash": pa.array([r[1] for r in rows], pa.binary(16)),
-                     "file": pa.array([file] * len(rows), pa.int32()),
-                     "group": pa.array([group] * len(rows), pa.int32()),
-                     "row": pa.array(np.arange(len(rows)), pa.int32())})
+def _piece(rows: list[tuple[str, bytes]], file: int, group: int) -> tuple[int, int, pa.Table]:
+    return file, group, pa.table({"doc_id": pa.array([r[0].encode() for r in rows], pa.binary()),
+                                  "text_hash": pa.array([r[1] for r in rows], pa.binary(16))})
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(previous=st.lists(st.lists(st.tuples(IDS, HASHES), max_size=6), max_size=4),
-       queries=st.lists(st.tuples(IDS, HASHES), max_size=12), weak=st.booleans())
-def test_the_index_finds_exactly_the_first_equal_row(previous, queries, weak):
+       queries=st.lists(st.tuples(IDS, HASHES), max_size=12), weak=st.booleans(), sized=st.booleans())
+def test_the_index_finds_exactly_the_first_equal_row(previous, queries, weak, sized):
     pieces = [_piece(rows, file=k % 2, group=k) for k, rows in enumerate(previous)]
     original = reuse_lookup.id_fingerprints
     if weak:  # every id in two fingerprints: collisions everywhere, found only by the exact checks
         reuse_lookup.id_fingerprints = lambda ids: original(ids) % 2
     try:
-        index = PreviousIndex(pieces)
+        index = PreviousIndex(iter(pieces), rows=sum(len(r) for r in previous) if sized else None)
         ids = pa.array([q[0] for q in queries], pa.string())
         hashes = np.frombuffer(b"".join(q[1] for q in queries), np.uint8).reshape(len(queries), 16)
-        fp = reuse_lookup.id_fingerprints(ids)
-        found = index.match(ids, hashes, fp)
-        known = index.known_ids(ids, fp)
+        found, known = index.lookup(ids, hashes, reuse_lookup.id_fingerprints(ids))
     finally:
         reuse_lookup.id_fingerprints = original
     first: dict = {}
     for k, rows in enumerate(previous):
         for row, key in enumerate(rows):
-            position = (k % 2, k, row)
+            position = (k, row)  # the order read: pieces as given, rows in order
             first[key] = min(first.get(key, position), position)
     previous_ids = sorted({r[0] for rows in previous for r in rows})
-    for q, at, number in zip(queries, found, known):
+    for q, at, representative in zip(queries, found, known):
         if q in first:
-            assert at >= 0 and tuple(index.position[at]) == first[q]
-            assert index.distinct_of[at] == number, "a matched row's id numbered otherwise than the id"
+            assert at >= 0
+            k, row = first[q]
+            assert tuple(index.positions(np.array([at]))[0]) == (k % 2, k, row)
             assert index.ids[int(at)].as_py() == q[0].encode() and index.hashes[at].tobytes() == q[1]
         else:
             assert at == -1
-        assert (number >= 0) == (q[0] in previous_ids)
-    numbers = {q[0]: n for q, n in zip(queries, known) if n >= 0}
-    assert len(set(numbers.values())) == len(numbers), "two ids share a distinct-id number"
-    assert index.distinct_ids == len(previous_ids)
-    assert all(0 <= n < index.distinct_ids for n in numbers.values())
+        assert (representative >= 0) == (q[0] in previous_ids)
+        if representative >= 0:
+            assert index.ids[int(representative)].as_py() == q[0].encode()
+    by_id = {}
+    for q, representative in zip(queries, known):
+        if representative >= 0:
+            assert by_id.setdefault(q[0], representative) == representative, "one id, two representatives"
+    assert len(set(by_id.values())) == len(by_id), "two ids share a representative"
+    first_entries = index.representatives()
+    assert int(first_entries.sum()) == len(previous_ids)
+    assert all(first_entries[r] for r in by_id.values())
 
 
 def test_fingerprints_are_the_same_in_every_process():

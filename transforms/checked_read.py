@@ -22,11 +22,15 @@ class PageError(ValueError):
     """A page that fails its checksum, has none, or whose header cannot be read."""
 
 
+class _Short(PageError):
+    """A page header that runs past the bytes given (past the column chunk, or past a window of it)."""
+
+
 def _varint(buf: bytes, at: int) -> tuple[int, int]:
     shift = value = 0
     while True:
         if at >= len(buf):
-            raise PageError("a page header runs past the column chunk")
+            raise _Short("a page header runs past the column chunk")
         byte = buf[at]
         at += 1
         value |= (byte & 0x7F) << shift
@@ -82,7 +86,7 @@ def _struct(buf: bytes, at: int, depth: int = 0, last: int | None = None) -> tup
     field = 0
     while True:
         if at >= len(buf):
-            raise PageError("a page header runs past the column chunk")
+            raise _Short("a page header runs past the column chunk")
         header = buf[at]
         at += 1
         if header == 0:
@@ -144,45 +148,129 @@ def _chunk_bytes(handle, column) -> bytes:
     return data
 
 
-def read_checked(path: str, group: int, columns: list[str] | None = None) -> pa.Table:
-    """Row group ``group`` of the shard at ``path``: ``columns`` (every column when None) decoded, and
-    every page of every column chunk checked to carry a CRC-32 that matches its data (the decoded ones by
-    pyarrow as it reads, the others on their raw bytes). Raises ``ValueError`` naming the file and row
-    group when a check fails or the file cannot be read."""
+HEADER_WINDOW = 256  # bytes read for a page header at first (a longer one is read again, 4x larger)
+
+
+def _check_pages(handle, column, data: bool) -> int:
+    """Walks the page headers of one column chunk where they lie in the file (only the headers are read,
+    a small window at a time): each must carry a CRC-32; with ``data``, each page's bytes are read too and
+    checked against it (one page in memory at a time). Returns the number of pages."""
+    at = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+    end = at + column.total_compressed_size
+    pages = 0
+    while at < end:
+        window = HEADER_WINDOW
+        while True:
+            handle.seek(at)
+            buf = handle.read(min(window, end - at))
+            try:
+                fields, used = _struct(buf, 0)
+                break
+            except _Short:
+                if at + len(buf) >= end or len(buf) < min(window, end - at):
+                    raise
+                window *= 4
+        size, crc = fields.get(3), fields.get(4)
+        at += used
+        if size is None or size < 0 or at + size > end:
+            raise PageError("a page header with no or a wrong compressed size")
+        if crc is None:
+            raise PageError("a page without a checksum")
+        if data:
+            handle.seek(at)
+            page = handle.read(size)
+            if len(page) != size:
+                raise PageError("the file ends inside a column chunk")
+            if zlib.crc32(page) != crc & 0xFFFFFFFF:
+                raise PageError("a page whose data does not match its CRC-32 checksum")
+        at += size
+        pages += 1
+    return pages
+
+
+def footer_digest(handle) -> str:
+    """The identity of a Parquet file as written: its size and an XXH3-128 of its footer (the row groups'
+    offsets, sizes and statistics), ``"SIZE:HEX"``. The launcher records it for every previous shard it
+    checks; a worker reading the shard later finds another one when the file was replaced or rewritten
+    since (its pages' CRCs catch damage to the data itself)."""
+    import xxhash
+
+    size = handle.seek(0, 2)
+    if size < 12:
+        raise PageError("too short to be a Parquet file")
+    handle.seek(size - 8)
+    tail = handle.read(8)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length > size - 12:
+        raise PageError("no Parquet footer at the end")
+    handle.seek(size - 8 - length)
+    footer = handle.read(length)
+    return f"{size}:{xxhash.xxh3_128_hexdigest(footer + tail)}"
+
+
+def _open(path: str):
     import os
 
-    import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
     local = "://" not in path and os.path.exists(path)
+    # a local file is decoded by Arrow's own reader, without the GIL (through a Python file object, every
+    # read takes it: 2.5x slower among the runner's threads)
+    return (open(path, "rb") if local else FileSystems.open(path)), local
+
+
+def _checked_file(f, local: bool, path: str, footer: str | None):
+    import pyarrow.parquet as pq
+
+    if footer is not None:
+        found = footer_digest(f)
+        if found != footer:
+            raise PageError(f"the file changed since the launcher checked it (size:footer {footer}, now {found})")
+    return pq.ParquetFile(path if local else f, page_checksum_verification=True)
+
+
+def _check_group(f, shard, group: int, decoded: set[str], others: bool) -> None:
+    row_group = shard.metadata.row_group(group)
+    for c in range(row_group.num_columns):
+        column = row_group.column(c)
+        top = column.path_in_schema.split(".")[0]
+        if top in decoded:  # pyarrow checks the CRCs of the pages it decodes: here, that each page has one
+            _check_pages(f, column, data=False)
+        elif others:
+            _check_pages(f, column, data=True)
+
+
+def _failed(path: str, group: int, e: Exception) -> ValueError:
+    detail = str(e) if isinstance(e, PageError) else f"{type(e).__name__}: {e}"
+    return ValueError(f"{path} row group {group}: {detail}")
+
+
+def read_checked(path: str, group: int, columns: list[str] | None = None, footer: str | None = None,
+                 others: bool = True) -> pa.Table:
+    """Row group ``group`` of the shard at ``path``: ``columns`` (every column when None) decoded, and
+    every page of every column chunk checked to carry a CRC-32 that matches its data (the decoded ones by
+    pyarrow as it reads, the others on their raw bytes, one page at a time; not at all with ``others``
+    False). ``footer``: the ``footer_digest`` the file must still have. Raises ``ValueError`` naming the
+    file and row group when a check fails or the file cannot be read."""
     try:
-        with open(path, "rb") if local else FileSystems.open(path) as f:
-            # a local file is decoded by Arrow's own reader, without the GIL (through a Python file object,
-            # every read takes it: 2.5x slower among the runner's threads)
-            shard = pq.ParquetFile(path if local else f, page_checksum_verification=True)
-            row_group = shard.metadata.row_group(group)
-            decoded = set(columns if columns is not None else shard.schema_arrow.names)
-            for c in range(row_group.num_columns):
-                column = row_group.column(c)
-                top = column.path_in_schema.split(".")[0]
-                if top in decoded:  # pyarrow checks the CRCs of the pages it decodes: that each page has one
-                    _every_page_has_crc(_chunk_bytes(f, column))
-                else:
-                    verify_chunk(_chunk_bytes(f, column))
+        opened, local = _open(path)
+        with opened as f:
+            shard = _checked_file(f, local, path, footer)
+            _check_group(f, shard, group, set(columns if columns is not None else shard.schema_arrow.names), others)
             return shard.read_row_group(group, columns=columns, use_threads=False)
     except Exception as e:  # PageError, OSError from a bad checksum or page header, ArrowInvalid, ...
-        detail = str(e) if isinstance(e, PageError) else f"{type(e).__name__}: {e}"
-        raise ValueError(f"{path} row group {group}: {detail}") from e
+        raise _failed(path, group, e) from e
 
 
-def _every_page_has_crc(buf: bytes) -> None:
-    """Every page header of the chunk has a CRC (pyarrow checks the values as it decodes)."""
-    at = 0
-    while at < len(buf):
-        fields, at = _struct(buf, at)
-        if fields.get(4) is None:
-            raise PageError("a page without a checksum")
-        size = fields.get(3)
-        if size is None or size < 0:
-            raise PageError("a page header with no compressed size")
-        at += size
+def iter_checked(path: str, group: int, footer: str | None = None, batch_rows: int = 8192):
+    """Row group ``group`` of the shard at ``path``, every column, as ``pa.RecordBatch``es of up to
+    ``batch_rows`` rows decoded one after the other (a whole row group is never in memory at once), each
+    page checked against its CRC-32 as it is decoded; as ``read_checked`` otherwise."""
+    try:
+        opened, local = _open(path)
+        with opened as f:
+            shard = _checked_file(f, local, path, footer)
+            _check_group(f, shard, group, set(shard.schema_arrow.names), others=False)
+            yield from shard.iter_batches(batch_size=batch_rows, row_groups=[group], use_threads=False)
+    except Exception as e:
+        raise _failed(path, group, e) from e

@@ -17,7 +17,7 @@ The join is a Beam join keyed by a hash bucket of the id, and only keys go throu
 - the input is read a second time (``ReadCorpus(counting=False)``: its records and dead letters are
   the first read's) and ``KeepToEmbed`` keeps the documents whose key is among those to embed (a side
   input: the keys of the new and changed documents only);
-- ``CopyRows`` reads each wanted row group once, whole, and takes the wanted rows: the previous
+- ``CopyRows`` decodes each wanted row group once, a slice at a time, and takes the wanted rows: the previous
   vectors are read where they are copied and never go through a shuffle.
 
 What a worker holds is bounded by a bucket's keys (the shuffle) and the keys of the documents to embed
@@ -128,17 +128,20 @@ class SplitByBucket(beam.DoFn):
 
 class ReadPreviousKeys(beam.DoFn):
     """``(file index, path)`` of a previous shard -> ``(bucket, pa.Table(doc_id, key, file, group, row))``
-    per bucket and row group: the ids, join keys and positions, never the vectors (with ``buckets`` None:
-    ``pa.Table(doc_id, text_hash, file, group, row)`` per row group, for the lookup join). Each row group is read
-    whole with its pages verified against their checksums (``read_checked``): one that fails, or a shard
-    whose footer says another job (changed since the launcher checked it), gives no keys, so its documents
-    are embedded again, and ``(DAMAGED + path, reason)`` goes to the counts (tag ``counts``)."""
+    per bucket and row group: the ids, join keys and positions, never the vectors. With ``buckets`` None
+    (the lookup join, which reads the keys itself in every worker process: ``transforms/reuse_lookup.py``)
+    only ``(file, group, rows)`` per row group that passed. Each row group's pages are all verified against
+    their checksums (``checked_read``), and the file must still be the one the launcher checked
+    (``footers``, by file index): a row group that fails, or a shard whose footer says another job or that
+    was replaced since, gives nothing, so its documents are embedded again, and ``(DAMAGED + path,
+    reason)`` goes to the counts (tag ``counts``)."""
 
-    def __init__(self, provenance: dict, buckets: int | None):
+    def __init__(self, provenance: dict, buckets: int | None, footers: tuple[str, ...] = ()):
         from beam_pipeline.provenance import value_fields
 
         self.expected = value_fields(provenance)
         self.buckets = buckets
+        self.footers = footers
 
     def process(self, element: tuple[int, str]):
         import json
@@ -147,15 +150,22 @@ class ReadPreviousKeys(beam.DoFn):
         from apache_beam.io.filesystems import FileSystems
 
         from beam_pipeline.provenance import differing_fields
+        from transforms.checked_read import footer_digest
 
         index, path = element
+        footer = self.footers[index] if self.footers else None
         try:
             with FileSystems.open(path) as f:
                 shard = pq.ParquetFile(f)
                 found = json.loads((shard.schema_arrow.metadata or {}).get(METADATA_KEY, b"{}"))
                 groups = shard.num_row_groups
+                digest = footer_digest(f)
         except Exception as e:
             yield beam.pvalue.TaggedOutput(COUNTS, (DAMAGED + path, f"unreadable: {type(e).__name__}: {e}"))
+            return
+        if footer is not None and digest != footer:
+            LOG.warning("previous shard %s: replaced since the launcher checked it; none of its rows reused", path)
+            yield beam.pvalue.TaggedOutput(COUNTS, (DAMAGED + path, "the file changed since the launcher checked it"))
             return
         differs = differing_fields(found, self.expected)
         if differs:
@@ -163,20 +173,17 @@ class ReadPreviousKeys(beam.DoFn):
             yield beam.pvalue.TaggedOutput(COUNTS, (DAMAGED + path, f"footer provenance differs in: {differs}"))
             return
         for group in range(groups):
-            try:
-                keys = read_checked(path, group, KEY_COLUMNS)  # the vectors' pages: CRC-checked, not decoded
+            try:  # the lookup join decodes no column here: every page is checked on its raw bytes
+                keys = read_checked(path, group, [] if self.buckets is None else KEY_COLUMNS, footer)
             except ValueError as e:
                 LOG.warning("previous shard %s: not reused where damaged (%s)", path, e)
                 yield beam.pvalue.TaggedOutput(COUNTS, (DAMAGED + path, f"damaged: {e}"))
                 continue
+            if self.buckets is None:
+                yield index, group, keys.num_rows
+                continue
             ids = keys.column("doc_id").combine_chunks()
             n = len(ids)
-            if self.buckets is None:  # the lookup join's pieces: keys as they are, one table per row group
-                yield pa.table({"doc_id": ids.cast(pa.binary()), "text_hash": keys.column("text_hash").combine_chunks(),
-                                "file": pa.array(np.full(n, index, dtype=np.int32)),
-                                "group": pa.array(np.full(n, group, dtype=np.int32)),
-                                "row": pa.array(np.arange(n, dtype=np.int32))})
-                continue
             table = pa.table({
                 "doc_id": ids,
                 "key": join_keys(ids, keys.column("text_hash").combine_chunks()),
@@ -252,28 +259,44 @@ class JoinBucket(beam.DoFn):
 
 
 class CopyRows(beam.DoFn):
-    """``((file, group), [(rows, text hashes)])`` -> one ``CopiedRows`` of those previous rows (a row asked
-    for twice, by an id repeated in the input, is copied twice), columns taken by name and cast to the
-    output's schema, never through NumPy: the row group is read once, whole, its pages verified against
-    their checksums, and each row's ``text_hash`` checked to be the one the join matched (the join itself
-    compared ids and hashes exactly). A check that fails now (the shard changed during the run) fails the
-    run: nothing is committed, never a row copied from other data."""
+    """``((file, group), [(rows, text hashes)])`` -> ``CopiedRows`` of those previous rows (a row asked for
+    twice, by an id repeated in the input, is copied twice), columns taken by name and cast to the output's
+    schema, never through NumPy. The row group is decoded once, a slice at a time (``iter_checked``: never
+    whole in memory), its pages verified against their checksums, the file checked to be the one the
+    launcher checked (``footers``), and each row's ``text_hash`` checked to be the one the join matched
+    (the join itself compared ids and hashes exactly). A check that fails now (the shard changed during the
+    run) fails the run: nothing is committed, never a row copied from other data."""
 
-    def __init__(self, paths: tuple[str, ...], arrow_schema: pa.Schema):
+    def __init__(self, paths: tuple[str, ...], arrow_schema: pa.Schema, footers: tuple[str, ...] = ()):
         self.paths = paths
         self.schema = arrow_schema
+        self.footers = footers
 
     def process(self, element):
+        from transforms.checked_read import iter_checked
+
         (index, group), wanted = element
         wanted = list(wanted)
-        rows = np.concatenate([r for r, _ in wanted])
+        rows = np.concatenate([r for r, _ in wanted]).astype(np.int64, copy=False)
         expected = np.concatenate([h for _, h in wanted])
+        order = np.argsort(rows, kind="stable")
+        rows, expected = rows[order], expected[order]
         path = self.paths[index]
-        table = read_checked(path, group).take(pa.array(rows))
-        if not np.array_equal(hash_matrix(table.column("text_hash").combine_chunks()), expected):
-            raise ValueError(f"previous shard {path} row group {group} changed during the run: its rows are not "
-                             "those the join matched; nothing is committed, rerun the job")
-        yield CopiedRows(table.select(self.schema.names).cast(self.schema))
+        start = taken = 0
+        for batch in iter_checked(path, group, self.footers[index] if self.footers else None):
+            stop = start + batch.num_rows
+            upto = int(np.searchsorted(rows, stop, side="left"))
+            if upto > taken:
+                table = pa.Table.from_batches([batch.take(pa.array(rows[taken:upto] - start))])
+                if not np.array_equal(hash_matrix(table.column("text_hash").combine_chunks()), expected[taken:upto]):
+                    raise ValueError(f"previous shard {path} row group {group} changed during the run: its rows are "
+                                     "not those the join matched; nothing is committed, rerun the job")
+                yield CopiedRows(table.select(self.schema.names).cast(self.schema))
+                taken = upto
+            start = stop
+        if taken != len(rows):
+            raise ValueError(f"previous shard {path} row group {group} changed during the run: it has {start} rows, "
+                             f"fewer than the join found; nothing is committed, rerun the job")
 
 
 class KeepToEmbed(beam.DoFn):
@@ -321,12 +344,13 @@ class Reuse(beam.PTransform):
         docs, again = pcolls
         previous = self.config.previous
         paths, buckets = tuple(previous["files"]), previous["buckets"]
+        footers = tuple(previous.get("footers") or ())
         keyed_docs = docs | "SplitByBucket" >> beam.ParDo(SplitByBucket(buckets))
         keys = (
             docs.pipeline
             | "PreviousShards" >> beam.Create(list(enumerate(paths)))
             | "SpreadShards" >> beam.Reshuffle()
-            | "ReadPreviousKeys" >> beam.ParDo(ReadPreviousKeys(self.config.provenance(), buckets))
+            | "ReadPreviousKeys" >> beam.ParDo(ReadPreviousKeys(self.config.provenance(), buckets, footers))
             .with_outputs(COUNTS, main="keys")
         )
         joined = ({"docs": keyed_docs, "previous": keys.keys} | "GroupByBucket" >> beam.CoGroupByKey()
@@ -334,7 +358,7 @@ class Reuse(beam.PTransform):
         reused = (
             joined[COPY]
             | "GroupByRowGroup" >> beam.GroupByKey()
-            | "CopyRows" >> beam.ParDo(CopyRows(paths, output_schema(self.config)))
+            | "CopyRows" >> beam.ParDo(CopyRows(paths, output_schema(self.config), footers))
         )
         kept = again | "KeepToEmbed" >> beam.ParDo(KeepToEmbed(), beam.pvalue.AsList(joined.embed)).with_outputs(
             COUNTS, main="docs")

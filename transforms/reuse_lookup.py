@@ -1,25 +1,27 @@
 """Reuse by lookup (``--previous`` whose keys fit in a worker's memory, ``--previous_join lookup``; the
 launcher decides, see ``beam_pipeline/previous.py``): the input is read once; each batch is hashed and
-looked up in an index of the previous output's keys, a side input every worker holds; no shuffle of the
-corpus' keys, no second read.
+looked up in an index of the previous output's keys, which every worker process builds once; no shuffle of
+the corpus' keys, no second read.
 
-- ``ReadPreviousKeys`` (shared with the shuffle join, ``transforms/reuse.py``) reads each previous row
-  group, its pages verified against their checksums, into a piece of keys: ids, ``text_hash``es and
-  positions (file, row group, row). A row group that fails gives no piece: its documents are embedded.
-- ``PreviousIndex``, built once per worker process from those pieces: the keys sorted by a 64-bit
-  fingerprint of ``id || text_hash`` (XXH3-64 of the id, xor the first 8 bytes of the text hash), and the
-  ids sorted by the fingerprint of the id alone. A fingerprint only finds candidates: a row is reused
-  only when its id and its full 16-byte ``text_hash`` are equal to the document's (a collision costs a
-  look at the next candidate, never a wrong row).
+- ``ReadPreviousKeys`` (shared with the shuffle join, ``transforms/reuse.py``) checks each previous row
+  group once in the whole job: every page against its checksum, the file against the footer digest the
+  launcher recorded. Its output is small: ``(file, group, rows)`` per row group that passed (a side input);
+  a row group that fails is reported and its documents are embedded.
+- ``PreviousIndex``, built once per worker process (``apache_beam.utils.shared``: the DoFn instances of a
+  process, and ``CountRemoved``, share it) by reading the key columns (``doc_id``, ``text_hash``) of those
+  row groups straight from the files: no copy of the keys goes through the runner. The keys are sorted by
+  (XXH3-64 of the id, the text hash's first 8 bytes, position). A fingerprint only finds candidates: a row
+  is reused only when its id and its full 16-byte ``text_hash`` are equal to the document's (a collision
+  costs a look at the next candidate, never a wrong row).
 - ``MatchPrevious``: per input batch, its documents to embed (with their ``text_hash``) go on to be
-  tokenized; the positions of the rows to copy, with the keys they must hold, go to ``CopyRows`` grouped
-  by (file, row group); counts ``reused``, ``new``, ``changed``; the positions of the previous ids seen,
-  for ``removed``.
+  tokenized; the positions of the rows to copy, with the hashes they must hold, go to ``CopyRows`` grouped
+  by (file, row group); counts ``reused``, ``new``, ``changed``; one bit per previous id seen, for
+  ``removed``.
 
-Memory per worker process: ~(72 + mean id length) bytes per previous row (the index: 83 MB for a million
-12-byte ids, measured) plus Beam's decoded copy of the side input (~(44 + id length) bytes per row):
-~0.16 GB per million previous rows of 20-byte ids. ``docs/incremental.md`` says where the launcher
-switches to the shuffle join.
+Memory per worker process: the index, ~(34 + mean id length) bytes per previous row (sorted fingerprints 8,
+hashes 16, the ids and their 4-byte offsets, positions 4, a bit per row seen and, for ``removed``, a byte);
+while it is built, up to ~(52 + 2 x mean id length) for a moment (``previous.LOOKUP_BYTES_PER_ROW``).
+``docs/incremental.md`` says where the launcher switches to the shuffle join.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.batch import DocBatch, hash_texts
 from transforms.errors import NAMESPACE
-from transforms.reuse import COPY, COUNTS, CopyRows, ReadPreviousKeys, combine_counts, hash_matrix
+from transforms.reuse import COPY, COUNTS, KEY_COLUMNS, CopyRows, ReadPreviousKeys, combine_counts, hash_matrix
 from transforms.write import HASH_BYTES, output_schema
 
 SEEN = "seen"
@@ -52,16 +54,11 @@ def id_fingerprints(ids: pa.Array) -> np.ndarray:
     return out.view(np.int64)
 
 
-def key_fingerprints(id_fp: np.ndarray, text_hash: np.ndarray) -> np.ndarray:
-    """``(B,)`` int64 fingerprints of ``id || text_hash``: the id's xor the hash's first 8 bytes."""
-    return id_fp ^ np.ascontiguousarray(text_hash[:, :8]).view(np.int64).reshape(-1)
-
-
-def _search(sorted_values: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """``np.searchsorted(sorted_values, queries)``, the queries taken in sorted order (twice as fast)."""
+def _search(sorted_values: np.ndarray, queries: np.ndarray, side: str = "left") -> np.ndarray:
+    """``np.searchsorted(sorted_values, queries, side)``, the queries taken in sorted order (twice as fast)."""
     order = np.argsort(queries, kind="stable")
     at = np.empty(len(queries), dtype=np.int64)
-    at[order] = np.searchsorted(sorted_values, queries[order])
+    at[order] = np.searchsorted(sorted_values, queries[order], side=side)
     return at
 
 
@@ -69,137 +66,193 @@ def _equal_ids(a: pa.Array, b: pa.Array) -> np.ndarray:
     return pc.equal(a.cast(pa.binary()), b.cast(pa.binary())).to_numpy(zero_copy_only=False)
 
 
-class PreviousIndex:
-    """The previous output's keys, sorted for lookups (see the module docstring). The keys stay in the
-    order read; two int32 permutations sort them, by key fingerprint (then position: the first of equal
-    keys is the lowest file, row group, row) and by id fingerprint (then id: equal ids side by side).
-    ~(72 + mean id length) bytes per previous row."""
+def _prefix(hashes: np.ndarray) -> np.ndarray:
+    """``(N, 16)`` uint8 -> ``(N,)`` int64: the hashes' first 8 bytes."""
+    return np.ascontiguousarray(hashes[:, :8]).view(np.int64).reshape(-1)
 
-    def __init__(self, pieces: list[pa.Table]):
-        table = pa.concat_tables(pieces) if pieces else pa.table({
-            "doc_id": pa.array([], pa.binary()), "text_hash": pa.array([], pa.binary(HASH_BYTES)),
-            "file": pa.array([], pa.int32()), "group": pa.array([], pa.int32()), "row": pa.array([], pa.int32())})
-        self.ids = table.column("doc_id").combine_chunks().cast(pa.binary())
-        self.hashes = hash_matrix(table.column("text_hash").combine_chunks())
-        self.position = np.stack([table.column(c).to_numpy() for c in ("file", "group", "row")], axis=1)
-        del table
-        id_fp = id_fingerprints(self.ids)
-        key_fp = key_fingerprints(id_fp, self.hashes)
-        p = self.position
-        self.by_key = np.lexsort((p[:, 2], p[:, 1], p[:, 0], key_fp)).astype(np.int32)
-        self.key_fp = key_fp[self.by_key]
-        del key_fp
-        by_id = np.argsort(id_fp, kind="stable")
-        if len(by_id) > 1 and (id_fp[by_id][1:] == id_fp[by_id][:-1]).any():
-            # equal fingerprints (the same id, or a collision): equal ids must lie side by side
-            by_id = pc.sort_indices(pa.table({"fp": id_fp, "id": self.ids}),
-                                    sort_keys=[("fp", "ascending"), ("id", "ascending")]).to_numpy()
-        self.by_id = by_id.astype(np.int32)
-        self.id_fp = id_fp[by_id]
-        del id_fp, by_id
-        first = np.ones(len(self.by_id), dtype=bool)
-        if len(self.by_id) > 1:
-            same_fp = self.id_fp[1:] == self.id_fp[:-1]
-            same = np.zeros(len(self.by_id) - 1, dtype=bool)
-            if same_fp.any():
-                at = np.flatnonzero(same_fp)
-                same[at] = _equal_ids(self.ids.take(pa.array(self.by_id[at])),
-                                      self.ids.take(pa.array(self.by_id[at + 1])))
-            first[1:] = ~same
-        self.distinct = (np.cumsum(first) - 1).astype(np.int32)  # distinct-id number, in id order
-        self.distinct_ids = int(first.sum())
-        self.distinct_of = np.empty(len(self.by_id), dtype=np.int32)  # the same, per key in the order read
-        self.distinct_of[self.by_id] = self.distinct
+
+class PreviousIndex:
+    """The previous output's keys, sorted for lookups (see the module docstring): the ids, hashes and id
+    fingerprints stored in the order (id fingerprint, hash prefix, position); ``order`` maps each back to
+    its position (read order: pieces as given, rows in order). ``pieces``: ``(file, group, pa.Table(doc_id,
+    text_hash))`` per row group, its rows in order; ``rows``: their total, when known (the arrays are then
+    filled in place, not concatenated)."""
+
+    def __init__(self, pieces, rows: int | None = None):
+        ids, fps, hashes, starts, groups = [], [], [], [0], []
+        filled = np.empty((rows, HASH_BYTES), np.uint8) if rows is not None else None
+        for file, group, table in pieces:
+            n = table.num_rows
+            piece_ids = table.column("doc_id").combine_chunks()
+            piece_ids = piece_ids.cast(pa.binary()) if not pa.types.is_binary(piece_ids.type) else piece_ids
+            piece_hashes = hash_matrix(table.column("text_hash").combine_chunks())
+            if filled is not None:
+                if starts[-1] + n > rows:
+                    raise ValueError("the previous row groups hold more rows than were checked")
+                filled[starts[-1]:starts[-1] + n] = piece_hashes
+            else:
+                hashes.append(piece_hashes)
+            ids.append(piece_ids)
+            fps.append(id_fingerprints(piece_ids))
+            starts.append(starts[-1] + n)
+            groups.append((file, group))
+        total = starts[-1]
+        if filled is not None and total != rows:
+            raise ValueError("the previous row groups hold fewer rows than were checked")
+        all_hashes = filled if filled is not None else (np.concatenate(hashes) if hashes else
+                                                        np.zeros((0, HASH_BYTES), np.uint8))
+        del hashes
+        fp = np.concatenate(fps) if fps else np.zeros(0, np.int64)
+        del fps
+        order = np.lexsort((_prefix(all_hashes), fp))  # stable: equal keys stay in the order read
+        self.order = order.astype(np.int32)
+        del order
+        self.fp = fp[self.order]
+        del fp
+        self.hashes = all_hashes[self.order]
+        del all_hashes
+        joined = pa.chunked_array(ids, pa.binary()) if ids else pa.chunked_array([], pa.binary())
+        del ids
+        if joined.nbytes > (1 << 30):  # 32-bit offsets end at 2 GiB of ids
+            joined = joined.cast(pa.large_binary())
+        self.ids = joined.take(pa.array(self.order)).combine_chunks()
+        del joined
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.groups = np.asarray(groups, dtype=np.int64).reshape(-1, 2)
+        self._representatives = None
 
     def __len__(self) -> int:
-        return len(self.key_fp)
+        return len(self.fp)
 
-    def match(self, ids: pa.Array, text_hash: np.ndarray, id_fp: np.ndarray) -> np.ndarray:
-        """``(B,)`` int64: for each document the index (in the order read) of its previous row, the
-        first of equal ones, or -1."""
+    def positions(self, at: np.ndarray) -> np.ndarray:
+        """``(K, 3)`` int64 (file, group, row) of the entries at sorted positions ``at``."""
+        read = self.order[at].astype(np.int64)
+        piece = np.searchsorted(self.starts, read, side="right") - 1
+        return np.column_stack([self.groups[piece], read - self.starts[piece]])
 
-        def equal(todo: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-            rows = self.by_key[candidate]
-            same = np.all(self.hashes[rows] == text_hash[todo], axis=1)
-            return same & _equal_ids(self.ids.take(pa.array(rows)), ids.take(pa.array(todo)))
+    def lookup(self, ids: pa.Array, text_hash: np.ndarray, id_fp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per document: the sorted position of its previous row (equal id and full hash; the first of
+        equal ones in the order read) or -1; and of its id's first entry (the id's representative: one
+        per distinct previous id) or -1."""
+        b = len(ids)
+        found = np.full(b, -1, dtype=np.int64)
+        known = np.full(b, -1, dtype=np.int64)
+        n = len(self.fp)
+        if not n or not b:
+            return found, known
+        ids = ids.cast(pa.binary()) if not pa.types.is_binary(ids.type) else ids
+        lo = _search(self.fp, id_fp, "left")
+        hi = _search(self.fp, id_fp, "right")
+        # the id's first entry: the first of its fingerprint's run whose id is equal (one round but for
+        # fingerprints that collide)
+        at, todo = lo.copy(), np.flatnonzero(hi > lo)
+        while len(todo):
+            same = _equal_ids(self.ids.take(pa.array(at[todo])), ids.take(pa.array(todo)))
+            known[todo[same]] = at[todo[same]]
+            todo = todo[~same]
+            at[todo] += 1
+            todo = todo[at[todo] < hi[todo]]
+        # the row: among the entries of the id's run with the same hash prefix (sorted: a binary search)
+        todo = np.flatnonzero(known >= 0)
+        prefix = _prefix(text_hash)
+        first, last = lo[todo].copy(), hi[todo].copy()
+        wide = np.flatnonzero(last - first > 1)
+        for k in wide:  # an id in several rows (or a collision): search its run for the hash prefix
+            run = _prefix(self.hashes[first[k]:last[k]])
+            q = prefix[todo[k]]
+            first[k], last[k] = (first[k] + int(np.searchsorted(run, q, "left")),
+                                 first[k] + int(np.searchsorted(run, q, "right")))
+        at = first
+        keep = (at < last) & (_prefix(self.hashes[np.minimum(at, n - 1)]) == prefix[todo])
+        todo, at, last = todo[keep], at[keep], last[keep]
+        while len(todo):
+            same = (np.all(self.hashes[at] == text_hash[todo], axis=1)
+                    & _equal_ids(self.ids.take(pa.array(at)), ids.take(pa.array(todo))))
+            found[todo[same]] = at[same]
+            more = ~same & (at + 1 < last)
+            todo, at, last = todo[more], at[more] + 1, last[more]
+        return found, known
 
-        return _mapped(_first_equal(self.key_fp, key_fingerprints(id_fp, text_hash), equal), self.by_key)
+    def representatives(self) -> np.ndarray:
+        """``(N,)`` bool: the entries that are their id's first (one per distinct previous id)."""
+        if self._representatives is None:
+            n = len(self.fp)
+            first = np.ones(n, dtype=bool)
+            if n > 1:
+                after = np.flatnonzero(self.fp[1:] == self.fp[:-1]) + 1  # entries in a run, not its first
+                if len(after):
+                    same = _equal_ids(self.ids.take(pa.array(after)), self.ids.take(pa.array(after - 1)))
+                    first[after[same]] = False
+                    for k in after[~same]:  # two ids with one fingerprint: was this one's id earlier in the run?
+                        start = int(np.searchsorted(self.fp, self.fp[k], "left"))
+                        earlier = self.ids.slice(start, k - start).to_pylist()
+                        first[k] = self.ids[int(k)].as_py() not in earlier
+            self._representatives = first
+        return self._representatives
 
-    def known_ids(self, ids: pa.Array, id_fp: np.ndarray) -> np.ndarray:
-        """``(B,)`` int64: for each id its distinct-id number among the previous ids, or -1."""
 
-        def equal(todo: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-            return _equal_ids(self.ids.take(pa.array(self.by_id[candidate])), ids.take(pa.array(todo)))
+def read_index(previous: dict, checked: list) -> PreviousIndex:
+    """The index of the previous row groups that passed ``ReadPreviousKeys``' checks (``checked``: ``(file,
+    group, rows)``), their key columns read straight from the files (their pages' checksums verified as
+    they are decoded, each file required to be the one the launcher checked). A row group that fails now
+    changed during the run: ``ValueError``, the run fails (nothing is committed)."""
+    from transforms.checked_read import read_checked
 
-        return _mapped(_first_equal(self.id_fp, id_fp, equal), self.distinct)
+    paths, footers = previous["files"], previous.get("footers") or ()
+    checked = sorted((int(f), int(g), int(n)) for f, g, n in checked)
+
+    def pieces():
+        for file, group, rows in checked:
+            path = paths[file]
+            table = read_checked(path, group, KEY_COLUMNS, footers[file] if footers else None, others=False)
+            if table.num_rows != rows:
+                raise ValueError(f"previous shard {path} row group {group} changed during the run ({table.num_rows} "
+                                 f"rows, {rows} when checked); nothing is committed, rerun the job")
+            yield file, group, table
+
+    return PreviousIndex(pieces(), rows=sum(n for _, _, n in checked))
 
 
-def _mapped(at: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``values[at]`` where ``at`` >= 0, else -1 (int64)."""
-    out = np.full(len(at), -1, dtype=np.int64)
-    hit = at >= 0
-    out[hit] = values[at[hit]]
-    return out
-
-
-def _first_equal(sorted_fp: np.ndarray, fp: np.ndarray, equal) -> np.ndarray:
-    """``(B,)`` int64: for each query the first position in ``sorted_fp`` holding its fingerprint whose
-    entry ``equal(queries, positions)`` confirms exactly, or -1. Each round checks the next candidate of
-    the queries still unconfirmed (a fingerprint collision costs a round, never a wrong answer)."""
-    found = np.full(len(fp), -1, dtype=np.int64)
-    n = len(sorted_fp)
-    if not n:
-        return found
-    at = _search(sorted_fp, fp)
-    todo = np.flatnonzero(at < n)
-    while len(todo):
-        todo = todo[sorted_fp[at[todo]] == fp[todo]]
-        if not len(todo):
-            break
-        confirmed = equal(todo, at[todo])
-        found[todo[confirmed]] = at[todo[confirmed]]
-        todo = todo[~confirmed]
-        at[todo] += 1
-        todo = todo[at[todo] < n]
-    return found
+def _index_tag(previous: dict) -> str:
+    return repr((previous["prefix"], tuple(previous["files"]), tuple(previous.get("footers") or ())))
 
 
 class MatchPrevious(beam.DoFn):
     """``DocBatch(ids, texts)`` -> its documents to embed, with their ``text_hash`` (main output); ``((file,
-    group), (rows, keys))`` to copy (tag ``copy``); ``(count name, n)`` (tag ``counts``); the distinct-id
-    numbers of the previous ids seen (tag ``seen``). ``pieces``: the side input of previous keys."""
+    group), (rows, hashes))`` to copy (tag ``copy``); ``(count name, n)`` (tag ``counts``); the bundle's
+    previous ids seen, one bit per index entry (tag ``seen``). ``checked``: the side input of the row groups
+    that passed their checks; ``shared``: the process' handle on the index."""
+
+    def __init__(self, previous: dict, shared):
+        self.previous = previous
+        self.shared = shared
 
     def setup(self):
-        self._side, self._index, self._seen = None, None, None
+        self._index, self._seen = None, None
 
     def start_bundle(self):
         self._seen = None
 
     def finish_bundle(self):
-        """The bundle's previous ids seen: one bit per distinct previous id, the count in the last 8 bytes."""
+        """The bundle's previous ids seen: ``np.packbits`` of one bit per index entry."""
         from apache_beam.transforms.window import GlobalWindow
         from apache_beam.utils.windowed_value import WindowedValue
 
         if self._seen is not None:
-            bits = np.concatenate([np.packbits(self._seen), np.array([len(self._seen)], np.int64).view(np.uint8)])
-            yield beam.pvalue.TaggedOutput(SEEN, WindowedValue(bits, GlobalWindow().max_timestamp(), [GlobalWindow()]))
+            yield beam.pvalue.TaggedOutput(SEEN, WindowedValue(np.packbits(self._seen), GlobalWindow().max_timestamp(),
+                                                               [GlobalWindow()]))
         self._seen = None
 
-    def process(self, batch: DocBatch, pieces):
-        if self._side is not pieces:  # the same side input for every batch: one index per worker process
-            self._side, self._index = pieces, PreviousIndex(list(pieces))
+    def process(self, batch: DocBatch, checked):
+        if self._index is None:  # one index per worker process, built on the first batch
+            self._index = self.shared.acquire(lambda: read_index(self.previous, list(checked)),
+                                              tag=_index_tag(self.previous))
         index = self._index
         if self._seen is None:
-            self._seen = np.zeros(index.distinct_ids, dtype=bool)
+            self._seen = np.zeros(len(index), dtype=bool)
         text_hash = hash_texts(batch.texts)
-        id_fp = id_fingerprints(batch.ids)
-        found = index.match(batch.ids, text_hash, id_fp)
+        found, known = index.lookup(batch.ids, text_hash, id_fingerprints(batch.ids))
         matched = found >= 0
-        known = np.full(len(batch), -1, dtype=np.int64)
-        known[matched] = index.distinct_of[found[matched]]
-        if not matched.all():  # an id not matched with its text may still be a previous id (changed)
-            rest = np.flatnonzero(~matched)
-            known[rest] = index.known_ids(batch.ids.take(pa.array(rest)), id_fp[rest])
         reused = int(matched.sum())
         changed = int(((known >= 0) & ~matched).sum())
         new = int((known < 0).sum())
@@ -208,24 +261,24 @@ class MatchPrevious(beam.DoFn):
                 Metrics.counter(NAMESPACE, name).inc(n)
                 yield beam.pvalue.TaggedOutput(COUNTS, (name, n))
         self._seen[known[known >= 0]] = True
-        if not matched.all():
+        if reused < len(batch):
             keep = np.flatnonzero(~matched)
             yield DocBatch(batch.ids, batch.texts, text_hash=text_hash).take(keep)
         if reused:
             at = found[matched]
-            where = index.position[at]
+            where = index.positions(at)
             order = np.lexsort((where[:, 2], where[:, 1], where[:, 0]))
             where, wanted = where[order], index.hashes[at[order]]
             starts = np.flatnonzero(np.any(np.diff(where[:, :2], axis=0, prepend=-1) != 0, axis=1))
             for start, stop in zip(starts, np.append(starts[1:], len(where))):
                 key = (int(where[start, 0]), int(where[start, 1]))
-                yield beam.pvalue.TaggedOutput(COPY, (key, (where[start:stop, 2].astype(np.int64),
+                yield beam.pvalue.TaggedOutput(COPY, (key, (where[start:stop, 2].astype(np.int32),
                                                             wanted[start:stop])))
 
 
 class UnionSeen(beam.CombineFn):
     """The previous ids seen, over every bundle: bitwise or of the bundles' bitmaps (``np.packbits`` of
-    one bit per distinct previous id, 125 KB per million ids); ``None`` when no batch was read."""
+    one bit per index entry, 125 KB per million previous rows); ``None`` when no batch was read."""
 
     def create_accumulator(self):
         return None
@@ -245,17 +298,21 @@ class UnionSeen(beam.CombineFn):
 
 
 class CountRemoved(beam.DoFn):
-    """The bitmap of previous ids seen -> ``("removed", previous distinct ids never seen)``; with no bitmap
-    (no batch read), every previous id is removed."""
+    """The bitmap of previous ids seen -> ``("removed", distinct previous ids never seen)`` (an id is seen
+    through its representative entry); with no bitmap (no batch read), every previous id is removed."""
 
-    def process(self, seen, pieces):
+    def __init__(self, previous: dict, shared):
+        self.previous = previous
+        self.shared = shared
+
+    def process(self, seen, checked):
+        index = self.shared.acquire(lambda: read_index(self.previous, list(checked)), tag=_index_tag(self.previous))
+        first = index.representatives()
         if seen is not None:
-            distinct, found = int(seen[-8:].view(np.int64)[0]), int(np.unpackbits(seen[:-8]).sum())
+            bits = np.unpackbits(seen, count=len(index)).astype(bool)
+            removed = int((first & ~bits).sum())
         else:
-            pieces = list(pieces)
-            ids = pa.concat_arrays([p.column("doc_id").combine_chunks() for p in pieces]) if pieces else None
-            distinct, found = (pc.count_distinct(ids).as_py() if ids is not None and len(ids) else 0), 0
-        removed = distinct - found
+            removed = int(first.sum())
         if removed:
             Metrics.counter(NAMESPACE, "removed").inc(removed)
         yield "removed", removed
@@ -270,28 +327,32 @@ class ReuseByLookup(beam.PTransform):
         self.config = config
 
     def expand(self, docs):
-        previous = self.config.previous
+        from apache_beam.utils.shared import Shared
+
+        previous = dict(self.config.previous)
         paths = tuple(previous["files"])
-        keys = (
+        footers = tuple(previous.get("footers") or ())
+        shared = Shared()
+        checked = (
             docs.pipeline
             | "PreviousShards" >> beam.Create(list(enumerate(paths)))
             | "SpreadShards" >> beam.Reshuffle()
-            | "ReadPreviousKeys" >> beam.ParDo(ReadPreviousKeys(self.config.provenance(), None))
-            .with_outputs(COUNTS, main="keys")
+            | "ReadPreviousKeys" >> beam.ParDo(ReadPreviousKeys(self.config.provenance(), None, footers))
+            .with_outputs(COUNTS, main="checked")
         )
-        side = beam.pvalue.AsList(keys.keys)
-        matched = docs | "MatchPrevious" >> beam.ParDo(MatchPrevious(), side).with_outputs(
+        side = beam.pvalue.AsList(checked.checked)
+        matched = docs | "MatchPrevious" >> beam.ParDo(MatchPrevious(previous, shared), side).with_outputs(
             COPY, COUNTS, SEEN, main="embed")
         reused = (
             matched[COPY]
             | "GroupByRowGroup" >> beam.GroupByKey()
-            | "CopyRows" >> beam.ParDo(CopyRows(paths, output_schema(self.config)))
+            | "CopyRows" >> beam.ParDo(CopyRows(paths, output_schema(self.config), footers))
         )
         removed = (
             matched[SEEN]
             | "UnionSeen" >> beam.CombineGlobally(UnionSeen())
-            | "CountRemoved" >> beam.ParDo(CountRemoved(), side)
+            | "CountRemoved" >> beam.ParDo(CountRemoved(previous, shared), side)
         )
-        counts = ((matched[COUNTS], keys[COUNTS], removed) | "AllCounts" >> beam.Flatten()
+        counts = ((matched[COUNTS], checked[COUNTS], removed) | "AllCounts" >> beam.Flatten()
                   | "SumCounts" >> beam.CombinePerKey(combine_counts))
         return matched.embed, reused, counts
