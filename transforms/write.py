@@ -20,6 +20,7 @@ import random
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import numpy as np
@@ -151,17 +152,44 @@ class ParquetShards(RenameEveryShard, parquetio._ParquetSink):
         writer = pq.ParquetWriter(handle, self._schema, compression=self._codec, use_compliant_nested_type=False,
                                   write_page_checksum=True, use_dictionary=DICTIONARY_COLUMNS)
         writer.engine_counts = {}
+        writer.pending = None  # the table being encoded and written, in the background
         return writer
 
     def write_record(self, writer, record) -> None:
+        """Hands ``record``'s table to a background thread once the one before is written: Arrow encodes and
+        compresses it without the GIL while this thread goes on (reading, copying, the model); one table at
+        a time, in order, so the file is the same; an error surfaces here or at ``close``."""
         table, engines = record
-        writer.write_table(table)
+        _wait(writer)
+        writer.pending = _writers().submit(writer.write_table, table)
         for name, n in engines.items():
             writer.engine_counts[name] = writer.engine_counts.get(name, 0) + n
 
     def close(self, writer) -> None:
+        _wait(writer)
         writer.add_key_value_metadata({ENGINES_KEY: json.dumps(dict(sorted(writer.engine_counts.items())))})
         super().close(writer)
+
+
+def _wait(writer) -> None:
+    pending, writer.pending = writer.pending, None
+    if pending is not None:
+        pending.result()
+
+
+_WRITERS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _writers() -> ThreadPoolExecutor:
+    """The process' background writer threads (``ParquetShards.write_record``), a few for the whole process,
+    each writer keeping at most one table in flight; made anew in a forked process (threads do not fork)."""
+    import os
+
+    pid = os.getpid()
+    if pid not in _WRITERS:
+        _WRITERS.clear()
+        _WRITERS[pid] = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parquet-write")
+    return _WRITERS[pid]
 
 
 class JsonLinesShards(RenameEveryShard, textio._TextSink):
