@@ -45,11 +45,12 @@ def id_fingerprints(ids: pa.Array) -> np.ndarray:
     int64 several times faster than uint64)."""
     import xxhash
 
+    from transforms.batch import binary_views
+
     digest = xxhash.xxh3_64_intdigest
-    binary = ids.cast(pa.binary()) if not pa.types.is_binary(ids.type) else ids
     out = np.empty(len(ids), dtype=np.uint64)
-    for start in range(0, len(ids), 65536):  # Python bytes for 64k ids at a time, not for a whole output
-        chunk = binary.slice(start, 65536).to_pylist()
+    for start in range(0, len(ids), 65536):  # views of 64k ids at a time, not of a whole output
+        chunk = binary_views(ids.slice(start, 65536))
         out[start:start + len(chunk)] = np.fromiter(map(digest, chunk), dtype=np.uint64, count=len(chunk))
     return out.view(np.int64)
 
@@ -157,11 +158,10 @@ class PreviousIndex:
         prefix = _prefix(text_hash)
         first, last = lo[todo].copy(), hi[todo].copy()
         wide = np.flatnonzero(last - first > 1)
-        for k in wide:  # an id in several rows (or a collision): search its run for the hash prefix
-            run = _prefix(self.hashes[first[k]:last[k]])
-            q = prefix[todo[k]]
-            first[k], last[k] = (first[k] + int(np.searchsorted(run, q, "left")),
-                                 first[k] + int(np.searchsorted(run, q, "right")))
+        if len(wide):  # an id in several rows (or a collision): its run, sorted by hash prefix, bisected
+            q = prefix[todo[wide]]
+            first[wide], last[wide] = (self._bisect(first[wide], last[wide], q, upper=False),
+                                       self._bisect(first[wide], last[wide], q, upper=True))
         at = first
         keep = (at < last) & (_prefix(self.hashes[np.minimum(at, n - 1)]) == prefix[todo])
         todo, at, last = todo[keep], at[keep], last[keep]
@@ -172,6 +172,20 @@ class PreviousIndex:
             more = ~same & (at + 1 < last)
             todo, at, last = todo[more], at[more] + 1, last[more]
         return found, known
+
+    def _bisect(self, lo: np.ndarray, hi: np.ndarray, q: np.ndarray, upper: bool) -> np.ndarray:
+        """Per query, the first position in ``[lo, hi)`` whose hash prefix is >= ``q`` (> with ``upper``),
+        or ``hi``: a binary search of every range at once (the prefixes are sorted within a fingerprint)."""
+        lo, hi = lo.copy(), hi.copy()
+        while True:
+            open_ = lo < hi
+            if not open_.any():
+                return lo
+            mid = (lo + hi) // 2
+            value = _prefix(self.hashes[np.where(open_, mid, 0)])
+            right = open_ & ((value <= q) if upper else (value < q))
+            lo = np.where(right, mid + 1, lo)
+            hi = np.where(open_ & ~right, mid, hi)
 
     def representatives(self) -> np.ndarray:
         """``(N,)`` bool: the entries that are their id's first (one per distinct previous id)."""
