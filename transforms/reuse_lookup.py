@@ -50,8 +50,9 @@ def id_fingerprints(ids: pa.Array) -> np.ndarray:
     digest = xxhash.xxh3_64_intdigest
     out = np.empty(len(ids), dtype=np.uint64)
     for start in range(0, len(ids), 65536):  # views of 64k ids at a time, not of a whole output
-        chunk = binary_views(ids.slice(start, 65536))
-        out[start:start + len(chunk)] = np.fromiter(map(digest, chunk), dtype=np.uint64, count=len(chunk))
+        chunk = ids.slice(start, 65536)
+        out[start:start + len(chunk)] = np.fromiter(map(digest, binary_views(chunk)), dtype=np.uint64,
+                                                    count=len(chunk))
     return out.view(np.int64)
 
 
