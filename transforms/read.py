@@ -34,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import json
 import posixpath
+import queue
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -102,6 +104,60 @@ def _cut_short(f, size: int | None) -> bool:
                 and getattr(decompressor, "eof", True) is False)
 
 
+class ReadAhead:
+    """``iterator`` run on a thread of its own, up to ``depth`` items ahead of the consumer: a file's blocks are
+    read and parsed (Arrow's JSON and Parquet readers run without the GIL) while this process' thread hands
+    the records before them on (hashing, looking up, tokenizing, the model). Items come in order; an error of
+    the iterator is raised by the ``next`` that reaches it, as if it were read here. ``close`` (also on an
+    early stop) stops the thread and waits for it, so the file it reads may then be closed."""
+
+    _END = object()
+
+    def __init__(self, iterator, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(iterator,), name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self, iterator) -> None:
+        try:
+            for item in iterator:
+                if not self._put((True, item)):
+                    return
+            self._put((True, self._END))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, who decides
+            self._put((False, e))
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        ok, item = self._queue.get()
+        if not ok:
+            self._done = True
+            raise item
+        if item is self._END:
+            self._done = True
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class ReadRecords(beam.DoFn):
     """One file path in; ``DocBatch`` main outputs, dead letters, and the file's record count."""
 
@@ -144,7 +200,8 @@ class ReadRecords(beam.DoFn):
                 else:
                     reader = {"jsonl": self._jsonl, "csv": self._csv, "parquet": self._parquet}.get(fmt, self._text)
                     records = reader(path, f)
-                records = iter(records)
+                records = ReadAhead(iter(records))
+                stack.callback(records.close)  # before the file closes
             except Exception as e:
                 failure, records = e, iter(())
             while failure is None:
