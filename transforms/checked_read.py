@@ -108,19 +108,9 @@ def _struct(buf: bytes, at: int, depth: int = 0, last: int | None = None) -> tup
 
 def verify_chunk(buf: bytes) -> int:
     """Checks every page of one column chunk's bytes against its CRC-32; returns the number of pages."""
-    at = pages = 0
-    while at < len(buf):
-        fields, at = _struct(buf, at)
-        size, crc = fields.get(3), fields.get(4)
-        if size is None or size < 0 or at + size > len(buf):
-            raise PageError("a page header with no or a wrong compressed size")
-        if crc is None:
-            raise PageError("a page without a checksum")
-        if zlib.crc32(buf[at:at + size]) != crc & 0xFFFFFFFF:
-            raise PageError("a page whose data does not match its CRC-32 checksum")
-        at += size
-        pages += 1
-    return pages
+    import io
+
+    return _check_pages(io.BytesIO(buf), 0, len(buf), data=True)
 
 
 def first_pages_have_crc(handle, metadata, group: int) -> bool:
@@ -129,7 +119,7 @@ def first_pages_have_crc(handle, metadata, group: int) -> bool:
     row_group = metadata.row_group(group)
     for c in range(row_group.num_columns):
         column = row_group.column(c)
-        handle.seek(column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset)
+        handle.seek(_chunk_range(column)[0])
         try:
             fields, _ = _struct(handle.read(64), 0, last=4)
         except PageError:
@@ -139,24 +129,19 @@ def first_pages_have_crc(handle, metadata, group: int) -> bool:
     return True
 
 
-def _chunk_bytes(handle, column) -> bytes:
-    start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
-    handle.seek(start)
-    data = handle.read(column.total_compressed_size)
-    if len(data) != column.total_compressed_size:
-        raise PageError("the file ends inside a column chunk")
-    return data
-
-
 HEADER_WINDOW = 256  # bytes read for a page header at first (a longer one is read again, 4x larger)
 
 
-def _check_pages(handle, column, data: bool) -> int:
-    """Walks the page headers of one column chunk where they lie in the file (only the headers are read,
-    a small window at a time): each must carry a CRC-32; with ``data``, each page's bytes are read too and
-    checked against it (one page in memory at a time). Returns the number of pages."""
-    at = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
-    end = at + column.total_compressed_size
+def _chunk_range(column) -> tuple[int, int]:
+    """Where a column chunk's pages lie in its file: ``(start, end)``."""
+    start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+    return start, start + column.total_compressed_size
+
+
+def _check_pages(handle, at: int, end: int, data: bool) -> int:
+    """Walks the page headers of one column chunk, bytes ``[at, end)`` of ``handle``, where they lie (only the
+    headers are read, a small window at a time): each must carry a CRC-32; with ``data``, each page's bytes
+    are read too and checked against it (one page in memory at a time). Returns the number of pages."""
     pages = 0
     while at < end:
         window = HEADER_WINDOW
@@ -235,9 +220,9 @@ def _check_group(f, shard, group: int, decoded: set[str], others: bool) -> None:
         column = row_group.column(c)
         top = column.path_in_schema.split(".")[0]
         if top in decoded:  # pyarrow checks the CRCs of the pages it decodes: here, that each page has one
-            _check_pages(f, column, data=False)
+            _check_pages(f, *_chunk_range(column), data=False)
         elif others:
-            _check_pages(f, column, data=True)
+            _check_pages(f, *_chunk_range(column), data=True)
 
 
 def _failed(path: str, group: int, e: Exception) -> ValueError:

@@ -56,12 +56,15 @@ def id_fingerprints(ids: pa.Array) -> np.ndarray:
     return out.view(np.int64)
 
 
-def _search(sorted_values: np.ndarray, queries: np.ndarray, side: str = "left") -> np.ndarray:
-    """``np.searchsorted(sorted_values, queries, side)``, the queries taken in sorted order (twice as fast)."""
+def _search_range(sorted_values: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.searchsorted(sorted_values, queries)`` with ``side="left"`` and ``"right"``: where each query's
+    run of equal values starts and ends. The queries are taken in sorted order (twice as fast), sorted once."""
     order = np.argsort(queries, kind="stable")
-    at = np.empty(len(queries), dtype=np.int64)
-    at[order] = np.searchsorted(sorted_values, queries[order], side=side)
-    return at
+    ordered = queries[order]
+    lo, hi = np.empty(len(queries), dtype=np.int64), np.empty(len(queries), dtype=np.int64)
+    lo[order] = np.searchsorted(sorted_values, ordered, side="left")
+    hi[order] = np.searchsorted(sorted_values, ordered, side="right")
+    return lo, hi
 
 
 def _equal_ids(a: pa.Array, b: pa.Array) -> np.ndarray:
@@ -143,8 +146,7 @@ class PreviousIndex:
         if not n or not b:
             return found, known
         ids = ids.cast(pa.binary()) if not pa.types.is_binary(ids.type) else ids
-        lo = _search(self.fp, id_fp, "left")
-        hi = _search(self.fp, id_fp, "right")
+        lo, hi = _search_range(self.fp, id_fp)
         # the id's first entry: the first of its fingerprint's run whose id is equal (one round but for
         # fingerprints that collide)
         at, todo = lo.copy(), np.flatnonzero(hi > lo)
