@@ -111,12 +111,21 @@ def describe_mask(info: recurrent.LayerInfo) -> str:
 
 # --engine auto: calibrating costs seconds (an ONNX graph built, XLA and table loops compiled, each
 # engine run and timed), which a small job never earns back. The Keras graph runs a worker's first
-# CALIBRATE_AFTER_DOCS documents; the first full batch after them (as many documents as the largest
-# batch the worker has run) calibrates. A fixed point in documents, not in seconds: which batches run
-# on which engine follows from the batches a worker is given, never from how long they took (only the
-# calibration's own timing decides the engine). 32768 documents: 64 batches of the default 512, about
-# 2 s of the Keras graph for the bench's 64-unit LSTMs (what the former 2 s threshold reached there),
-# more for larger models.
+# documents; calibration comes in two steps, each on the first full batch (as many documents as the
+# largest batch the worker has run) after a fixed number of documents:
+# - after CALIBRATE_QUICK_AFTER_DOCS, the engines that build in a fraction of a second (QUICK_ENGINES:
+#   ONNX, ~0.2 s for the bench's 64-unit LSTMs) are verified and timed against the graph, and the
+#   fastest exact one runs on. 4096 documents: 8 batches of the default 512, ~0.3 s of the Keras graph
+#   there (a few times more than ONNX Runtime would have taken: ski rental). The documents a nightly
+#   --previous run embeds (a few % of its input) mostly run here: on the graph, padded to maxlen, they
+#   cost ~70 us each; on ONNX Runtime ~3;
+# - after CALIBRATE_AFTER_DOCS, every eligible engine (XLA and table compile for a second or more).
+#   32768 documents: 64 batches of the default 512, about 2 s of the Keras graph for the bench's 64-unit
+#   LSTMs (what the former 2 s threshold reached there), more for larger models.
+# Fixed points in documents, not in seconds: which batches run on which engine follows from the batches
+# a worker is given, never from how long they took (only the calibration's own timing decides the engine).
+QUICK_ENGINES = ("onnx",)
+CALIBRATE_QUICK_AFTER_DOCS = 4096
 CALIBRATE_AFTER_DOCS = 32768
 # The chosen engine is checked again on this many of a batch's longest documents whenever they are
 # longer than any it was checked on (at most maxlen times per worker).
@@ -178,7 +187,7 @@ class Embedder:
             self.trim = False  # every window is maxlen wide; the states carry the document across them
             self._window_fn, self._state_sizes, self._n_target = self._compile_window()
         # The engine (keras graph, XLA, ONNX Runtime, table) is chosen by engines.choose: a forced one on
-        # the first batch; with auto, on the first full batch after CALIBRATE_AFTER_DOCS documents (see _run).
+        # the first batch; with auto, in two steps (QUICK_ENGINES, then all: see CALIBRATE_AFTER_DOCS and _run).
         self.engine_context = engines.Context(
             model=model, layer=self.layer, info=self.info, mode=mode, maxlen=maxlen, padding=padding, device=device,
             input_dtype=self.input_dtype, model_dtype=self.model_dtype, one_hot_depth=self.one_hot_depth,
@@ -188,7 +197,9 @@ class Embedder:
         self.engine: engines.Engine | None = None
         self.engine_report: dict = {}
         self.calibrate_after_docs = CALIBRATE_AFTER_DOCS
-        self._keras_docs = 0  # documents the Keras graph ran before calibration (auto)
+        self._keras_docs = 0  # documents run before the last calibration (auto): the graph's, then a quick engine's
+        self._quick_done = False  # auto: the quick engines were tried (or the one calibration came)
+        self._calibrated = False  # auto: every engine was tried
         self._largest_batch = 0  # rows of the largest batch run so far: a "full" batch
         self._keras_engine: engines.Engine | None = None  # auto, before calibration
         self._last_engine: engines.Engine | None = None  # the one that ran the last batch
@@ -279,29 +290,50 @@ class Embedder:
 
     def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Runs a padded batch on the engine. A forced engine is built and verified on the first batch.
-        With ``auto``, batches run on the Keras graph until it has run ``calibrate_after_docs``
-        documents; the first batch after them with as many rows as the largest one so far (a full
-        batch, not a bundle's remainder) then verifies and times every eligible engine (``engines.choose``)."""
+        With ``auto``, batches run on the Keras graph until it has run ``CALIBRATE_QUICK_AFTER_DOCS``
+        documents; the first batch after them with as many rows as the largest one so far (a full batch,
+        not a bundle's remainder) verifies and times the quick engines (``QUICK_ENGINES``), and the
+        fastest exact one runs on; after ``calibrate_after_docs`` documents, the next full batch verifies
+        and times every eligible engine (``engines.choose``). With ``calibrate_after_docs`` at or below
+        the quick step's, there is one calibration, of every engine."""
         rows = len(batch)
-        if self.engine is None and self.engine_request == "auto" and (
-                self._keras_docs < self.calibrate_after_docs or rows < self._largest_batch):
-            if self._keras_engine is None:
-                self._keras_engine = engines.registry()["keras"](self.engine_context)
-            outputs = self._keras_engine.run(batch)
-            self._keras_docs += rows
-            self._largest_batch = max(self._largest_batch, rows)
-            self._last_engine = self._keras_engine
-            return outputs
-        if self.engine is None:
-            compare = (batch != 0) if (self.mode == "sequence" and not self.text_input) else None
-            choice = engines.choose(self.engine_context, self.engine_request, batch, compare)
-            self.engine, self.engine_report, self._keras_engine = choice.engine, choice.report, choice.reference
-            self._verified_length = int(np.count_nonzero(batch, axis=1).max(initial=0)) if not self.text_input else 0
+        if self.engine is None and self.engine_request != "auto":
+            self._calibrate(batch, None)
+        elif self.engine_request == "auto" and not self._calibrated:
+            quick = min(CALIBRATE_QUICK_AFTER_DOCS, self.calibrate_after_docs)
+            due = self.calibrate_after_docs if self._quick_done else quick
+            if self._keras_docs >= due and rows >= self._largest_batch:
+                self._calibrate(batch, QUICK_ENGINES if due < self.calibrate_after_docs else None)
+            else:
+                self._keras_docs += rows
+                self._largest_batch = max(self._largest_batch, rows)
+                if self.engine is None:
+                    if self._keras_engine is None:
+                        self._keras_engine = engines.registry()["keras"](self.engine_context)
+                    self._last_engine = self._keras_engine
+                    return self._keras_engine.run(batch)
         self._last_engine = self.engine
         outputs = self.engine.run(batch)
         if self.engine is not self._keras_engine and not self.text_input:
             outputs = self._verify_longer(batch, outputs)
         return outputs
+
+    def _calibrate(self, batch: np.ndarray, only: tuple[str, ...] | None) -> None:
+        """``engines.choose`` on ``batch``: among ``only`` (the quick step) or every engine (the quick
+        engine already running is timed again, not rebuilt). After the quick step the Keras graph may
+        still run (no quick engine eligible, exact and faster): ``self.engine`` stays None."""
+        compare = (batch != 0) if (self.mode == "sequence" and not self.text_input) else None
+        running = {self.engine.name: self.engine} if self.engine is not None and self.engine is not self._keras_engine \
+            else None
+        choice = engines.choose(self.engine_context, self.engine_request, batch, compare, only=only, built=running,
+                                reference=self._keras_engine)
+        self._keras_engine, self.engine_report = choice.reference, choice.report
+        self._quick_done = True
+        self._calibrated = only is None
+        if only is not None and choice.engine is choice.reference:
+            return  # the graph runs on until the full calibration
+        self.engine = choice.engine
+        self._verified_length = int(np.count_nonzero(batch, axis=1).max(initial=0)) if not self.text_input else 0
 
     def _verify_longer(self, batch: np.ndarray, outputs: list[np.ndarray]) -> list[np.ndarray]:
         """Checks the chosen engine again on the batch's longest documents whenever they are longer than
@@ -326,6 +358,7 @@ class Embedder:
         LOG.warning("%s", message)
         self.engine_report.setdefault(name, {})["dropped"] = message
         self.engine = self._last_engine = self._keras_engine
+        self._calibrated = True  # no later calibration brings it back
         return self.engine.run(batch)
 
     def pad(self, seqs: Ragged) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -172,3 +172,56 @@ def test_engine_keras_writes_the_same_bits_twice(small_job, corpus, tmp_path):
     assert ids == tables[1].column("doc_id").to_pylist() and len(ids) == GOOD
     first, second = (np.stack(t.column("vector").to_numpy(zero_copy_only=False)) for t in tables)
     assert first.dtype == np.float32 and first.tobytes() == second.tobytes()
+
+
+def _reference(model, seqs):
+    import keras
+
+    return helpers.reference(model, "target", "final", keras.utils.pad_sequences(seqs, 12, padding="post"))[0]
+
+
+def test_auto_tries_the_quick_engines_first_then_every_engine(lstm_model, monkeypatch):
+    """Two fixed points (here 64 and 160 documents): the Keras graph runs the first 64 documents; the next
+    full batch tries only the quick engines (ONNX), which then runs; after 160 documents the next full
+    batch tries every engine. A partial batch never calibrates. Every batch's values are Keras' own."""
+    from beam_pipeline import inference
+
+    monkeypatch.setattr(inference, "CALIBRATE_QUICK_AFTER_DOCS", 64)
+    monkeypatch.setattr(inference, "CALIBRATE_AFTER_DOCS", 160)
+    rng = np.random.default_rng(8)
+    embedder = inference.Embedder(lstm_model, "target", "final", 12, jit=False)
+    names, reports = [], []
+    for rows in (32, 32, 20, 32, 32, 32, 20, 32, 32):
+        seqs = [rng.integers(1, 40, size=int(n)).tolist() for n in rng.integers(1, 13, size=rows)]
+        got = embedder.embed(seqs).columns["vector"]
+        np.testing.assert_allclose(got, _reference(lstm_model, seqs), atol=1e-5, rtol=0)
+        names.append(embedder.engine.name if embedder.engine is not None else None)
+        reports.append(set(embedder.engine_report))
+    assert names[:3] == [None] * 3, "64 documents on the graph, then a partial batch there too"
+    assert names[3] == "onnx" and reports[3] == {"keras", "onnx"}, (names, reports)
+    assert names[4:7] == ["onnx"] * 3 and reports[6] == {"keras", "onnx"}, "160 documents before the full step"
+    assert reports[7] == {"keras", "onnx", "xla", "table"}, reports
+    assert names[8] == names[7]
+
+
+def test_a_quick_engine_dropped_on_longer_documents_stays_dropped(lstm_model, monkeypatch):
+    """A quick engine that differs from the graph on longer documents than it was checked on is dropped
+    for the rest of the run: the full calibration does not bring it back."""
+    from beam_pipeline import engines, inference
+
+    monkeypatch.setattr(inference, "CALIBRATE_QUICK_AFTER_DOCS", 32)
+    monkeypatch.setattr(inference, "CALIBRATE_AFTER_DOCS", 96)
+    rng = np.random.default_rng(9)
+    embedder = inference.Embedder(lstm_model, "target", "final", 12, jit=False)
+    short = [rng.integers(1, 40, size=3).tolist() for _ in range(32)]
+    embedder.embed(short)
+    embedder.embed(short)
+    assert embedder.engine.name == "onnx"
+    real = engines.registry()["onnx"].run
+    monkeypatch.setattr(engines.registry()["onnx"], "run", lambda self, batch: [o + 1e-3 for o in real(self, batch)])
+    for _ in range(4):
+        seqs = [rng.integers(1, 40, size=12).tolist() for _ in range(32)]
+        got = embedder.embed(seqs).columns["vector"]
+        np.testing.assert_allclose(got, _reference(lstm_model, seqs), atol=1e-5, rtol=0)
+        assert embedder.engine.name == "keras", embedder.engine_report
+    assert "documents of 12 tokens" in embedder.engine_report["onnx"]["dropped"]

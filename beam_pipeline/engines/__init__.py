@@ -183,21 +183,26 @@ class Choice:
 
 
 def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray | None = None,
-           repeat: int = 2) -> Choice:
+           repeat: int = 2, only: tuple[str, ...] | None = None, built: dict[str, Engine] | None = None,
+           reference: Engine | None = None) -> Choice:
     """Builds, verifies and times the engines on ``batch``; returns the fastest exact one.
 
     ``requested`` is ``auto`` or one engine's name (which then must accept the model, else
     ``EngineError``; one that fails to build or differs from Keras is dropped with a warning, and the
-    Keras graph runs instead). The Keras graph is always built: it is the reference."""
+    Keras graph runs instead). The Keras graph is always built: it is the reference (``reference``: the
+    one built before). With ``auto``: ``only`` limits the engines tried; ``built`` (name -> engine) are
+    engines built before, verified and timed again here, not rebuilt."""
     engines = registry()
     if requested != "auto" and requested not in engines:
         raise EngineError(f"unknown engine {requested!r}; choose one of {', '.join(CHOICES)}")
     report: dict[str, dict] = {}
-    reference = engines["keras"](ctx)
+    reference = reference if reference is not None else engines["keras"](ctx)
     start = time.perf_counter()
     want = reference.warm_up(batch)
     startup = time.perf_counter() - start
-    names = [n for n in engines if n != "keras"] if requested == "auto" else [requested]
+    names = [n for n in engines if n != "keras" and (only is None or n in only)] if requested == "auto" \
+        else [requested]
+    built = dict(built or {})
     if requested == "keras" or (requested == "auto" and not any(
             engines[n].why_not(ctx) is None for n in names)):
         report["keras"] = {"startup_s": round(startup, 4)}
@@ -208,7 +213,7 @@ def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray 
         return Choice(reference, report, reference)
     timed: dict[str, float] = {"keras": _timed(reference, batch, repeat)}
     report["keras"] = {"seconds": round(timed["keras"], 5), "startup_s": round(startup, 4), "max_diff": 0.0}
-    built: dict[str, Engine] = {"keras": reference}
+    ready, built = built, {"keras": reference}
     for name in names:
         reason = engines[name].why_not(ctx)
         if reason is not None:
@@ -218,8 +223,8 @@ def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray 
             continue
         try:
             start = time.perf_counter()
-            engine = engines[name](ctx)
-            got = engine.warm_up(batch)
+            engine = ready[name] if name in ready else engines[name](ctx)
+            got = engine.run(batch) if name in ready else engine.warm_up(batch)
             startup = time.perf_counter() - start
         except Exception as e:  # an engine that fails to build is dropped, never fatal
             LOG.warning("engine %s dropped: it failed to build: %s%s", name, e,
