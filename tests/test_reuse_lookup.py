@@ -64,7 +64,47 @@ def test_the_index_finds_exactly_the_first_equal_row(previous, queries, weak, si
 
 
 def test_fingerprints_are_the_same_in_every_process():
-    assert id_fingerprints(pa.array(["doc-1"])).tolist() == [id_fingerprints(pa.array(["doc-1"]))[0]]
+    """Workers OR their bitmaps of the index's entries: the index's order, so the fingerprint, must be a
+    function of the bytes alone, the same in another process."""
+    import subprocess
+    import sys
+
+    ids = ["doc-1", "é", "", "x" * 65, "日本語" * 30]
+    here = id_fingerprints(pa.array(ids)).tolist()
+    code = ("import sys, json, pyarrow as pa; from transforms.reuse_lookup import id_fingerprints; "
+            "print(json.dumps(id_fingerprints(pa.array(json.loads(sys.argv[1]))).tolist()))")
+    import json
+
+    there = subprocess.run([sys.executable, "-c", code, json.dumps(ids)], capture_output=True, text=True, check=True)
+    assert json.loads(there.stdout) == here
     import xxhash
 
-    assert int(id_fingerprints(pa.array(["é"])).view(np.uint64)[0]) == xxhash.xxh3_64_intdigest("é".encode())
+    assert int(id_fingerprints(pa.array(["x" * 65])).view(np.uint64)[0]) == xxhash.xxh3_64_intdigest(b"x" * 65)
+
+
+ANY_ID = st.one_of(st.text(max_size=12), st.text(min_size=60, max_size=70), st.sampled_from(["a", "a ", "a  ", ""]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ids=st.lists(ANY_ID, max_size=40), start=st.integers(0, 5), binary=st.booleans())
+def test_a_fingerprint_depends_on_the_id_alone(ids, start, binary):
+    """Whatever batch an id comes in (other ids' lengths set the padding width; a slice; binary or string;
+    ids beyond LONG_ID_BYTES mixed in), its fingerprint is the one it has alone; ids that differ only by
+    trailing spaces still differ."""
+    array = pa.array(["pad"] * start + ids, pa.binary() if binary else pa.string()).slice(start)
+    together = id_fingerprints(array).tolist()
+    alone = [int(id_fingerprints(pa.array([i]))[0]) for i in ids]
+    assert together == alone
+    by_fp = {}
+    for i, f in zip(ids, alone):
+        by_fp.setdefault(f, set()).add(i)
+    assert all(len(v) == 1 for v in by_fp.values()), "a collision among a few short ids"
+
+
+def test_fingerprints_of_many_ids_in_chunks():
+    """Beyond 64k ids the padding is done a chunk at a time (each chunk its own width)."""
+    ids = [f"id-{i}" + ("z" * (i % 50) if i > 70000 else "") for i in range(140000)]
+    together = id_fingerprints(pa.array(ids))
+    sample = np.arange(0, 140000, 997)
+    assert together[sample].tolist() == id_fingerprints(pa.array([ids[i] for i in sample])).tolist()
+    assert len(np.unique(together)) == len(ids)
