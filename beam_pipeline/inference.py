@@ -114,18 +114,19 @@ def describe_mask(info: recurrent.LayerInfo) -> str:
 # documents; calibration comes in two steps, each on the first full batch (as many documents as the
 # largest batch the worker has run) after a fixed number of documents:
 # - after CALIBRATE_QUICK_AFTER_DOCS, the engines that build in a fraction of a second (QUICK_ENGINES:
-#   ONNX, ~0.2 s for the bench's 64-unit LSTMs) are verified and timed against the graph, and the
-#   fastest exact one runs on. 4096 documents: 8 batches of the default 512, ~0.3 s of the Keras graph
-#   there (a few times more than ONNX Runtime would have taken: ski rental). The documents a nightly
-#   --previous run embeds (a few % of its input) mostly run here: on the graph, padded to maxlen, they
-#   cost ~70 us each; on ONNX Runtime ~3;
+#   ONNX, 0.1-0.2 s for the bench's 64-unit LSTMs) are verified and timed (once each) against the graph,
+#   and the fastest exact one runs on. 1024 documents: 2 batches of the default 512, ~0.07 s of the Keras
+#   graph there on a quiet machine (ski rental: about what building ONNX costs), much more beside a
+#   bundle's other threads (its while loop waits on its thread pool at each step: measured, a 1M-document
+#   --previous night spent 2.2 s in 11 graph calls). The documents such a night embeds (a few % of its
+#   input) run here: on the graph, padded to maxlen, ~70 us each; on ONNX Runtime ~20;
 # - after CALIBRATE_AFTER_DOCS, every eligible engine (XLA and table compile for a second or more).
 #   32768 documents: 64 batches of the default 512, about 2 s of the Keras graph for the bench's 64-unit
 #   LSTMs (what the former 2 s threshold reached there), more for larger models.
 # Fixed points in documents, not in seconds: which batches run on which engine follows from the batches
 # a worker is given, never from how long they took (only the calibration's own timing decides the engine).
 QUICK_ENGINES = ("onnx",)
-CALIBRATE_QUICK_AFTER_DOCS = 4096
+CALIBRATE_QUICK_AFTER_DOCS = 1024
 CALIBRATE_AFTER_DOCS = 32768
 # The chosen engine is checked again on this many of a batch's longest documents whenever they are
 # longer than any it was checked on (at most maxlen times per worker).
@@ -325,8 +326,8 @@ class Embedder:
         compare = (batch != 0) if (self.mode == "sequence" and not self.text_input) else None
         running = {self.engine.name: self.engine} if self.engine is not None and self.engine is not self._keras_engine \
             else None
-        choice = engines.choose(self.engine_context, self.engine_request, batch, compare, only=only, built=running,
-                                reference=self._keras_engine)
+        choice = engines.choose(self.engine_context, self.engine_request, batch, compare, repeat=1 if only else 2,
+                                only=only, built=running, reference=self._keras_engine)
         self._keras_engine, self.engine_report = choice.reference, choice.report
         self._quick_done = True
         self._calibrated = only is None

@@ -61,3 +61,39 @@ def test_a_batch_whose_inference_raises_is_dead_lettered_and_the_others_are_writ
         assert_that(failed, check_dead_letters, label="dead letters")
         counted = ((embedded | beam.Map(len)), (failed | beam.Map(lambda _: 1))) | beam.Flatten()
         assert_that(counted | beam.CombineGlobally(sum), check_accounting, label="accounting")
+
+
+def test_documents_that_trickle_in_are_embedded_before_the_bundle_ends(small_job, tmp_path):
+    """A --previous night hands the embed stage a few documents per input batch: after TRICKLE_ELEMENTS
+    elements the whole model batches buffered go to the inference thread, not only when the sort buffer
+    (SORT_BATCHES batches) fills or the bundle ends; every document comes out once, with Keras' values."""
+    from transforms import embed
+
+    corpus = helpers.write_jsonl(tmp_path / "c.jsonl", [("x", "the crew")])
+    config = resolve(PipelineOptions(small_job.argv(corpus, tmp_path / "o", "--batch_size", "4")))
+    assert config.length_bucketing
+    sort_buffer = embed.SORT_BATCHES * config.batch_size
+    docs = [(f"d{i:03d}", [1 + (i * 7 + k) % 90 for k in range(1 + i % 6)]) for i in range(120)]
+    assert len(docs) < sort_buffer  # the sort buffer alone would hold every one of them to the end
+    ragged = Ragged.from_lists([ids for _, ids in docs])
+    whole = DocBatch(pa.array([d for d, _ in docs]), None, ragged.offsets, ragged.values.astype(np.int32),
+                     np.zeros((len(docs), 16), np.uint8))
+    dofn = embed.EmbedBatches(config, sort_buffer)
+    dofn.setup()
+    dofn.start_bundle()
+    out = []
+    for start in range(0, len(docs), 2):
+        out.extend(dofn.process(whole.slice(start, start + 2)))
+    handed = len(docs) - dofn._buffered
+    assert handed >= len(docs) // 2, f"{handed} documents handed over before the bundle's end"
+    out.extend(o.value for o in dofn.finish_bundle())
+    got = {}
+    for rows in out:
+        for doc_id, vector in zip(rows.ids.to_pylist(), rows.columns[0]):
+            assert doc_id not in got
+            got[doc_id] = vector
+    assert set(got) == {d for d, _ in docs}
+    model = keras.models.load_model(small_job.model)
+    padded = keras.utils.pad_sequences([ids for _, ids in docs], maxlen=config.maxlen, padding="post")
+    want = helpers.reference(model, config.layer, "final", padded)[0]
+    np.testing.assert_allclose(np.stack([got[d] for d, _ in docs]), want, atol=1e-5, rtol=0)

@@ -130,8 +130,9 @@ def _prefix(hashes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(hashes[:, :8]).view(np.int64).reshape(-1)
 
 
-def _key_order(fp: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-    """``(N,)`` int32: the positions in the order (fingerprint, hash prefix, position). One sort of the
+def _key_order(fp: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(N,)`` int32: the positions in the order (fingerprint, hash prefix, position), and the fingerprints
+    in that order. One sort of the
     fingerprints; the runs of equal ones (an id in several rows, or ids that collide: few) are then
     ordered by hash prefix and position among themselves (np.lexsort of all three keys: 3x slower)."""
     order = np.argsort(fp).astype(np.int32)
@@ -145,7 +146,7 @@ def _key_order(fp: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     if len(at):  # runs keep their places; within them, rows are ordered by prefix and position
         rows = order[at]
         order[at] = rows[np.lexsort((rows, _prefix(hashes[rows]), ordered[at]))]
-    return order
+    return order, ordered
 
 
 class PreviousIndex:
@@ -181,8 +182,7 @@ class PreviousIndex:
         del hashes
         fp = np.concatenate(fps) if fps else np.zeros(0, np.int64)
         del fps
-        self.order = _key_order(fp, all_hashes)
-        self.fp = fp[self.order]
+        self.order, self.fp = _key_order(fp, all_hashes)
         del fp
         self.hashes = all_hashes[self.order]
         del all_hashes
@@ -190,7 +190,8 @@ class PreviousIndex:
         del ids
         if joined.nbytes > (1 << 30):  # 32-bit offsets end at 2 GiB of ids
             joined = joined.cast(pa.large_binary())
-        self.ids = joined.take(pa.array(self.order)).combine_chunks()
+        # one chunk first: Arrow's take across a chunked array's chunks is ~8x slower (0.38 against 0.05 µs a row)
+        self.ids = joined.combine_chunks().take(pa.array(self.order))
         del joined
         self.starts = np.asarray(starts, dtype=np.int64)
         self.groups = np.asarray(groups, dtype=np.int64).reshape(-1, 2)
