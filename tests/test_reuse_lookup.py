@@ -22,11 +22,14 @@ def _piece(rows: list[tuple[str, bytes]], file: int, group: int) -> tuple[int, i
 
 
 @settings(max_examples=300, deadline=None)
-@given(previous=st.lists(st.lists(st.tuples(IDS, HASHES), max_size=6), max_size=4),
-       queries=st.lists(st.tuples(IDS, HASHES), max_size=12), weak=st.booleans(), sized=st.booleans())
-def test_the_index_finds_exactly_the_first_equal_row(previous, queries, weak, sized):
+@given(previous=st.lists(st.lists(st.tuples(IDS, HASHES), max_size=12), max_size=4),
+       queries=st.lists(st.tuples(IDS, HASHES), max_size=12), weak=st.booleans(), sized=st.booleans(),
+       steps=st.sampled_from([1, 2, reuse_lookup.SCAN_STEPS]))
+def test_the_index_finds_exactly_the_first_equal_row(previous, queries, weak, sized, steps):
     pieces = [_piece(rows, file=k % 2, group=k) for k, rows in enumerate(previous)]
-    original = reuse_lookup.id_fingerprints
+    original, scan = reuse_lookup.id_fingerprints, reuse_lookup.SCAN_STEPS
+    # steps: buckets and runs of equal fingerprints longer than this are binary-searched instead of scanned
+    reuse_lookup.SCAN_STEPS = steps
     if weak:  # every id in two fingerprints: collisions everywhere, found only by the exact checks
         reuse_lookup.id_fingerprints = lambda ids: original(ids) % 2
     try:
@@ -35,7 +38,7 @@ def test_the_index_finds_exactly_the_first_equal_row(previous, queries, weak, si
         hashes = np.frombuffer(b"".join(q[1] for q in queries), np.uint8).reshape(len(queries), 16)
         found, known = index.lookup(ids, hashes, reuse_lookup.id_fingerprints(ids))
     finally:
-        reuse_lookup.id_fingerprints = original
+        reuse_lookup.id_fingerprints, reuse_lookup.SCAN_STEPS = original, scan
     first: dict = {}
     for k, rows in enumerate(previous):
         for row, key in enumerate(rows):

@@ -110,14 +110,43 @@ def id_fingerprints(ids: pa.Array) -> np.ndarray:
     return out.view(np.int64)
 
 
-def _search_range(sorted_values: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.searchsorted(sorted_values, queries)`` with ``side="left"`` and ``"right"``: where each query's
-    run of equal values starts and ends. The queries are taken in sorted order (twice as fast), sorted once."""
-    order = np.argsort(queries, kind="stable")
-    ordered = queries[order]
-    lo, hi = np.empty(len(queries), dtype=np.int64), np.empty(len(queries), dtype=np.int64)
-    lo[order] = np.searchsorted(sorted_values, ordered, side="left")
-    hi[order] = np.searchsorted(sorted_values, ordered, side="right")
+_SIGN = np.uint64(1 << 63)
+SCAN_STEPS = 16  # a bucket (or a run of equal fingerprints) longer than this is binary-searched instead
+
+
+def _bucket(fp: np.ndarray, bits: int) -> np.ndarray:
+    """The top ``bits`` bits of each fingerprint, in the order of the signed values (int64)."""
+    return ((fp.view(np.uint64) ^ _SIGN) >> np.uint64(64 - bits)).astype(np.int64)
+
+
+def _runs(fp: np.ndarray, starts: np.ndarray, bits: int, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.searchsorted(fp, queries)`` with ``side="left"`` and ``"right"``: where each query's run of
+    equal values starts and ends in the sorted ``fp``. Each query goes straight to its bucket (``starts``:
+    where each value of the top ``bits`` bits begins, ~1 entry a bucket) and steps through it (~4x faster
+    than a binary search of 1M entries); a bucket or a run longer than ``SCAN_STEPS`` is binary-searched."""
+    n = len(fp)
+    b = _bucket(queries, bits)
+    lo, end = starts[b].astype(np.int64), starts[b + 1].astype(np.int64)
+    wide = np.flatnonzero(end - lo > SCAN_STEPS)  # many fingerprints share these top bits (never by chance)
+    if len(wide):
+        lo[wide] = np.searchsorted(fp, queries[wide], side="left")
+        end[wide] = lo[wide]
+    todo = np.flatnonzero(lo < end)
+    while len(todo):
+        todo = todo[fp[lo[todo]] < queries[todo]]
+        lo[todo] += 1
+        todo = todo[lo[todo] < end[todo]]
+    hi = lo.copy()
+    todo = np.flatnonzero(lo < n)
+    todo = todo[fp[lo[todo]] == queries[todo]]
+    for _ in range(SCAN_STEPS):
+        if not len(todo):
+            break
+        hi[todo] += 1
+        todo = todo[hi[todo] < n]
+        todo = todo[fp[hi[todo]] == queries[todo]]
+    if len(todo):  # a long run: an id in many rows
+        hi[todo] = np.searchsorted(fp, queries[todo], side="right")
     return lo, hi
 
 
@@ -184,6 +213,11 @@ class PreviousIndex:
         del fps
         self.order, self.fp = _key_order(fp, all_hashes)
         del fp
+        self._bits = max(1, int(np.ceil(np.log2(max(len(self.fp), 2)))))  # ~1 entry a bucket
+        counts = np.bincount(_bucket(self.fp, self._bits), minlength=1 << self._bits)
+        self._starts = np.zeros((1 << self._bits) + 1, dtype=np.int32 if len(self.fp) < 2**31 else np.int64)
+        np.cumsum(counts, out=self._starts[1:])
+        del counts
         self.hashes = all_hashes[self.order]
         del all_hashes
         joined = pa.chunked_array(ids, pa.binary()) if ids else pa.chunked_array([], pa.binary())
@@ -217,7 +251,7 @@ class PreviousIndex:
         if not n or not b:
             return found, known
         ids = ids.cast(pa.binary()) if not pa.types.is_binary(ids.type) else ids
-        lo, hi = _search_range(self.fp, id_fp)
+        lo, hi = _runs(self.fp, self._starts, self._bits, id_fp)
         # the id's first entry: the first of its fingerprint's run whose id is equal (one round but for
         # fingerprints that collide)
         at, todo = lo.copy(), np.flatnonzero(hi > lo)
@@ -229,19 +263,22 @@ class PreviousIndex:
             todo = todo[at[todo] < hi[todo]]
         # the row: among the entries of the id's run with the same hash prefix (sorted: a binary search)
         todo = np.flatnonzero(known >= 0)
-        prefix = _prefix(text_hash)
         first, last = lo[todo].copy(), hi[todo].copy()
         wide = np.flatnonzero(last - first > 1)
         if len(wide):  # an id in several rows (or a collision): its run, sorted by hash prefix, bisected
-            q = prefix[todo[wide]]
+            q = _prefix(text_hash[todo[wide]])
             first[wide], last[wide] = (self._bisect(first[wide], last[wide], q, upper=False),
                                        self._bisect(first[wide], last[wide], q, upper=True))
         at = first
-        keep = (at < last) & (_prefix(self.hashes[np.minimum(at, n - 1)]) == prefix[todo])
+        keep = at < last
         todo, at, last = todo[keep], at[keep], last[keep]
+        stored = self.hashes.view(np.uint64)  # (N, 2): 16 bytes compared as two words
+        wanted = np.ascontiguousarray(text_hash).view(np.uint64)
         while len(todo):
-            same = (np.all(self.hashes[at] == text_hash[todo], axis=1)
-                    & _equal_ids(self.ids.take(pa.array(at)), ids.take(pa.array(todo))))
+            same = (stored[at, 0] == wanted[todo, 0]) & (stored[at, 1] == wanted[todo, 1])
+            other = np.flatnonzero(same & (at != known[todo]))  # the id's own entry was compared above
+            if len(other):
+                same[other] = _equal_ids(self.ids.take(pa.array(at[other])), ids.take(pa.array(todo[other])))
             found[todo[same]] = at[same]
             more = ~same & (at + 1 < last)
             todo, at, last = todo[more], at[more] + 1, last[more]
