@@ -50,12 +50,13 @@ def test_the_index_finds_exactly_the_first_equal_row(previous, queries, weak, si
             assert at >= 0
             k, row = first[q]
             assert tuple(index.positions(np.array([at]))[0]) == (k % 2, k, row)
-            assert index.ids[int(at)].as_py() == q[0].encode() and index.hashes[at].tobytes() == q[1]
+            assert index.ids_at(np.array([at]))[0].as_py() == q[0].encode()
+            assert index.hashes_at(np.array([at]))[0].tobytes() == q[1]
         else:
             assert at == -1
         assert (representative >= 0) == (q[0] in previous_ids)
         if representative >= 0:
-            assert index.ids[int(representative)].as_py() == q[0].encode()
+            assert index.ids_at(np.array([representative]))[0].as_py() == q[0].encode()
     by_id = {}
     for q, representative in zip(queries, known):
         if representative >= 0:

@@ -18,8 +18,9 @@ the corpus' keys, no second read.
   by (file, row group); counts ``reused``, ``new``, ``changed``; one bit per previous id seen, for
   ``removed``.
 
-Memory per worker process: the index, ~(34 + mean id length) bytes per previous row (sorted fingerprints 8,
-hashes 16, the ids and their 4-byte offsets, positions 4, a bit per row seen and, for ``removed``, a byte);
+Memory per worker process: the index, ~(36 + mean id length) bytes per previous row (sorted fingerprints 8,
+their buckets' starts up to 2, hashes 16 and the ids with their 4-byte offsets in read order, positions 4,
+a bit per row seen and, for ``removed``, a byte);
 while it is built, up to ~(52 + 2 x mean id length) for a moment (``previous.LOOKUP_BYTES_PER_ROW``).
 ``docs/incremental.md`` says where the launcher switches to the shuffle join.
 """
@@ -179,11 +180,12 @@ def _key_order(fp: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 class PreviousIndex:
-    """The previous output's keys, sorted for lookups (see the module docstring): the ids, hashes and id
-    fingerprints stored in the order (id fingerprint, hash prefix, position); ``order`` maps each back to
-    its position (read order: pieces as given, rows in order). ``pieces``: ``(file, group, pa.Table(doc_id,
-    text_hash))`` per row group, its rows in order; ``rows``: their total, when known (the arrays are then
-    filled in place, not concatenated)."""
+    """The previous output's keys, sorted for lookups (see the module docstring): the id fingerprints in
+    the order (id fingerprint, hash prefix, position), ``order`` mapping each sorted entry to its position
+    (read order: pieces as given, rows in order), where the ids and hashes stay (``ids_at``, ``hashes_at``:
+    a lookup reaches a few scattered entries anyway, so sorting them too would only cost memory). ``pieces``:
+    ``(file, group, pa.Table(doc_id, text_hash))`` per row group, its rows in order; ``rows``: their total,
+    when known (the hashes are then filled in place, not concatenated)."""
 
     def __init__(self, pieces, rows: int | None = None):
         ids, fps, hashes, starts, groups = [], [], [], [0], []
@@ -206,30 +208,37 @@ class PreviousIndex:
         total = starts[-1]
         if filled is not None and total != rows:
             raise ValueError("the previous row groups hold fewer rows than were checked")
-        all_hashes = filled if filled is not None else (np.concatenate(hashes) if hashes else
-                                                        np.zeros((0, HASH_BYTES), np.uint8))
+        self._hashes = filled if filled is not None else (np.concatenate(hashes) if hashes else
+                                                          np.zeros((0, HASH_BYTES), np.uint8))
         del hashes
+        self._words = self._hashes.view(np.int64)  # (N, 2): the hash as two words, the first its prefix
         fp = np.concatenate(fps) if fps else np.zeros(0, np.int64)
         del fps
-        self.order, self.fp = _key_order(fp, all_hashes)
+        self.order, self.fp = _key_order(fp, self._hashes)
         del fp
-        self._bits = max(1, int(np.ceil(np.log2(max(len(self.fp), 2)))))  # ~1 entry a bucket
+        self._bits = max(1, int(np.log2(max(len(self.fp), 2))) - 1)  # 2-4 entries a bucket: ~1 byte a row
         counts = np.bincount(_bucket(self.fp, self._bits), minlength=1 << self._bits)
         self._starts = np.zeros((1 << self._bits) + 1, dtype=np.int32 if len(self.fp) < 2**31 else np.int64)
         np.cumsum(counts, out=self._starts[1:])
         del counts
-        self.hashes = all_hashes[self.order]
-        del all_hashes
         joined = pa.chunked_array(ids, pa.binary()) if ids else pa.chunked_array([], pa.binary())
         del ids
         if joined.nbytes > (1 << 30):  # 32-bit offsets end at 2 GiB of ids
             joined = joined.cast(pa.large_binary())
-        # one chunk first: Arrow's take across a chunked array's chunks is ~8x slower (0.38 against 0.05 µs a row)
-        self.ids = joined.combine_chunks().take(pa.array(self.order))
+        # one chunk: Arrow's take across a chunked array's chunks is ~8x slower (0.38 against 0.05 µs a row)
+        self._ids = joined.combine_chunks()
         del joined
         self.starts = np.asarray(starts, dtype=np.int64)
         self.groups = np.asarray(groups, dtype=np.int64).reshape(-1, 2)
         self._representatives = None
+
+    def ids_at(self, at: np.ndarray) -> pa.Array:
+        """The ids of the entries at sorted positions ``at`` (binary)."""
+        return self._ids.take(pa.array(self.order[at]))
+
+    def hashes_at(self, at: np.ndarray) -> np.ndarray:
+        """``(K, 16)`` uint8: the text hashes of the entries at sorted positions ``at``."""
+        return self._hashes[self.order[at]]
 
     def __len__(self) -> int:
         return len(self.fp)
@@ -256,7 +265,7 @@ class PreviousIndex:
         # fingerprints that collide)
         at, todo = lo.copy(), np.flatnonzero(hi > lo)
         while len(todo):
-            same = _equal_ids(self.ids.take(pa.array(at[todo])), ids.take(pa.array(todo)))
+            same = _equal_ids(self.ids_at(at[todo]), ids.take(pa.array(todo)))
             known[todo[same]] = at[todo[same]]
             todo = todo[~same]
             at[todo] += 1
@@ -272,13 +281,13 @@ class PreviousIndex:
         at = first
         keep = at < last
         todo, at, last = todo[keep], at[keep], last[keep]
-        stored = self.hashes.view(np.uint64)  # (N, 2): 16 bytes compared as two words
-        wanted = np.ascontiguousarray(text_hash).view(np.uint64)
+        wanted = np.ascontiguousarray(text_hash).view(np.int64)  # (B, 2): 16 bytes compared as two words
         while len(todo):
-            same = (stored[at, 0] == wanted[todo, 0]) & (stored[at, 1] == wanted[todo, 1])
+            stored = self._words[self.order[at]]
+            same = (stored[:, 0] == wanted[todo, 0]) & (stored[:, 1] == wanted[todo, 1])
             other = np.flatnonzero(same & (at != known[todo]))  # the id's own entry was compared above
             if len(other):
-                same[other] = _equal_ids(self.ids.take(pa.array(at[other])), ids.take(pa.array(todo[other])))
+                same[other] = _equal_ids(self.ids_at(at[other]), ids.take(pa.array(todo[other])))
             found[todo[same]] = at[same]
             more = ~same & (at + 1 < last)
             todo, at, last = todo[more], at[more] + 1, last[more]
@@ -293,7 +302,7 @@ class PreviousIndex:
             if not open_.any():
                 return lo
             mid = (lo + hi) // 2
-            value = _prefix(self.hashes[np.where(open_, mid, 0)])
+            value = self._words[self.order[np.where(open_, mid, 0)], 0]
             right = open_ & ((value <= q) if upper else (value < q))
             lo = np.where(right, mid + 1, lo)
             hi = np.where(open_ & ~right, mid, hi)
@@ -306,12 +315,12 @@ class PreviousIndex:
             if n > 1:
                 after = np.flatnonzero(self.fp[1:] == self.fp[:-1]) + 1  # entries in a run, not its first
                 if len(after):
-                    same = _equal_ids(self.ids.take(pa.array(after)), self.ids.take(pa.array(after - 1)))
+                    same = _equal_ids(self.ids_at(after), self.ids_at(after - 1))
                     first[after[same]] = False
                     for k in after[~same]:  # two ids with one fingerprint: was this one's id earlier in the run?
                         start = int(np.searchsorted(self.fp, self.fp[k], "left"))
-                        earlier = self.ids.slice(start, k - start).to_pylist()
-                        first[k] = self.ids[int(k)].as_py() not in earlier
+                        earlier = self.ids_at(np.arange(start, k)).to_pylist()
+                        first[k] = self.ids_at(np.array([k]))[0].as_py() not in earlier
             self._representatives = first
         return self._representatives
 
@@ -393,7 +402,7 @@ class MatchPrevious(beam.DoFn):
             at = found[matched]
             where = index.positions(at)
             order = np.lexsort((where[:, 2], where[:, 1], where[:, 0]))
-            where, wanted = where[order], index.hashes[at[order]]
+            where, wanted = where[order], index.hashes_at(at[order])
             starts = np.flatnonzero(np.any(np.diff(where[:, :2], axis=0, prepend=-1) != 0, axis=1))
             for start, stop in zip(starts, np.append(starts[1:], len(where))):
                 key = (int(where[start, 0]), int(where[start, 1]))
