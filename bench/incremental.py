@@ -21,7 +21,8 @@ steady-state CPU per document): target <= 5 core-µs per document. The bench che
 equals the full run's (the same ids; max |difference| of the recomputed rows, and reused rows bit-equal
 to day1's) and that the summary's counts are the planted ones. ``other CPU`` is the CPU other processes
 of the machine used during the run (% of one core): above ~10% the row is disturbed. ``--repeat K``
-runs each job K times and keeps the fastest. ``--memory``
+runs each timed job K times, in K rounds of every job (this machine's speed drifts over minutes: K tries in
+a row would share one phase), and keeps the fastest; the walls of all tries are printed after it. ``--memory``
 runs only day1 and the incremental run per size, for their peak RSS (``ru_maxrss``) ratio M / N.
 """
 
@@ -143,31 +144,42 @@ def _bench_model(name: str, sizes: list[int], args) -> dict:
         print(f"incremental bench: {name}, sizes {sizes}, {CHANGE:.0%} new / changed / removed", flush=True)
         print(f"{'run':22} {'docs read':>9} {'embedded':>9} {'reused':>8} {'wall s':>8} {'CPU s':>7} {'RSS MB':>7} "
               f"{'other CPU':>9}")
+        def run(size: int, kind: str) -> dict:
+            corpus = "day1" if kind == "day1" else "day2"
+            previous = os.path.join(work, "out", f"{name}-{size}-day1", "emb")
+            extra = f" --previous {previous}" if kind == "incremental" else ""
+            return run_job_child(work, name, os.path.join(work, f"{corpus}-{size}.jsonl"), f"{size}-{kind}",
+                                 args.job_args + extra, keep_output=True)
+
+        # day1 (the previous outputs) first; then the timed jobs in rounds, every job once a round: this
+        # machine's speed drifts over minutes, and a job's K tries spread over the whole bench, not K in a row
+        kinds = ("day1", "incremental") if args.memory else ("day1", "full", "incremental")
+        tries: dict[tuple[int, str], list[dict]] = {(size, "day1"): [run(size, "day1")] for size in sizes}
+        for _ in range(max(1, args.repeat)):
+            for size in sizes:
+                for kind in kinds[1:]:
+                    tries.setdefault((size, kind), []).append(run(size, kind))
         for size in sizes:
             with open(os.path.join(work, f"kinds-{size}.json"), encoding="utf-8") as f:
-                kinds = {k: set(v) for k, v in json.load(f).items()}
-            paths = {day: os.path.join(work, f"{day}-{size}.jsonl") for day in ("day1", "day2")}
-            previous = os.path.join(work, "out", f"{name}-{size}-day1", "emb")
-            kinds_run = (("day1", "day1", ""), ("full", "day2", ""), ("incremental", "day2", f" --previous {previous}"))
-            for kind, corpus, extra in kinds_run[::2] if args.memory else kinds_run:
-                tries = [run_job_child(work, name, paths[corpus], f"{size}-{kind}", args.job_args + extra,
-                                       keep_output=True) for _ in range(max(1, args.repeat))]
-                r = min(tries, key=lambda t: t["wall_s"])
-                r["walls_s"] = [t["wall_s"] for t in tries]
+                planted_kinds = {k: set(v) for k, v in json.load(f).items()}
+            for kind in kinds:
+                r = min(tries[(size, kind)], key=lambda t: t["wall_s"])
+                r["walls_s"] = [t["wall_s"] for t in tries[(size, kind)]]
                 with open(os.path.join(work, "out", f"{name}-{size}-{kind}", "emb-summary.json")) as f:
                     summary = json.load(f)
                 r["summary"] = {k: summary.get(k) for k in ("read", "written", "embedded", "reused", "new", "changed",
                                                             "removed", "dead_lettered")}
                 results["runs"][f"{size}-{kind}"] = r
                 other = 100 * r["other_cpu_s"] / r["wall_s"]
+                walls = " / ".join(f"{w:.1f}" for w in r["walls_s"])
                 print(f"{size:>7} {kind:14} {summary['read']:>9} {summary['embedded']:>9} {summary['reused']:>8} "
-                      f"{r['wall_s']:>8.1f} {r['child_cpu_s']:>7.1f} {r['peak_rss_mb']:>7.0f} {other:>8.0f}%",
-                      flush=True)
+                      f"{r['wall_s']:>8.1f} {r['child_cpu_s']:>7.1f} {r['peak_rss_mb']:>7.0f} {other:>8.0f}%"
+                      f"  ({walls})", flush=True)
             if args.memory:
                 continue
             inc = results["runs"][f"{size}-incremental"]["summary"]
-            planted = (len(kinds["new"]), len(kinds["changed"]), len(kinds["removed"]))
-            check = compare(work, name, size, kinds)
+            planted = (len(planted_kinds["new"]), len(planted_kinds["changed"]), len(planted_kinds["removed"]))
+            check = compare(work, name, size, planted_kinds)
             check["counts_as_planted"] = (inc["new"], inc["changed"], inc["removed"]) == planted
             results["checks"][size] = check
             print(f"{size:>7} check: {json.dumps(check)}", flush=True)
