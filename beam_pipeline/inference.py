@@ -327,7 +327,7 @@ class Embedder:
         running = {self.engine.name: self.engine} if self.engine is not None and self.engine is not self._keras_engine \
             else None
         choice = engines.choose(self.engine_context, self.engine_request, batch, compare, repeat=1 if only else 2,
-                                only=only, built=running, reference=self._keras_engine)
+                                only=only, prebuilt=running, reference=self._keras_engine)
         self._keras_engine, self.engine_report = choice.reference, choice.report
         self._quick_done = True
         self._calibrated = only is None

@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Peak memory only: per size the day1 run and the incremental run, no full run over "
                              "day2 and no comparison (e.g. --sizes 100000,1000000 --models ceiling-pre).")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="Run each job this many times and keep the fastest (wall) run: on a machine whose "
-                             "speed wanders between runs (a shared VM), the least disturbed one.")
+                        help="Run each timed job (full, incremental; day1 runs once) this many times, in rounds of "
+                             "every job, and keep the fastest (wall) run: on a machine whose speed wanders between "
+                             "runs (a shared VM), the least disturbed one.")
     parser.add_argument("--keep", action="store_true", help="Keep the work dir (corpora, model, outputs, logs).")
     args = parser.parse_args(argv)
     results = {name: _bench_model(name, sorted(int(s) for s in args.sizes.split(",")), args)

@@ -99,10 +99,10 @@ def id_fingerprints(ids: pa.Array) -> np.ndarray:
                 raise ValueError("id padding did not give equal widths")  # never expected: ascii_rpad pads bytes
             data = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
             words = data.view(np.uint64).reshape(len(chunk), width // 8)
-            h = _mix(size * _GOLDEN)
-            for j in range(width // 8):
+            h, shortest = _mix(size * _GOLDEN), int(size.min())
+            for j in range(width // 8):  # a word past an id's end leaves its fingerprint as it is
                 step = _mix(h ^ words[:, j])
-                h = step if size.min() > 8 * j else np.where(size > 8 * j, step, h)
+                h = step if shortest > 8 * j else np.where(size > 8 * j, step, h)
             folded[start:start + len(chunk)] = h
     if short is None:
         out = folded
@@ -123,7 +123,7 @@ def _bucket(fp: np.ndarray, bits: int) -> np.ndarray:
 def _runs(fp: np.ndarray, starts: np.ndarray, bits: int, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.searchsorted(fp, queries)`` with ``side="left"`` and ``"right"``: where each query's run of
     equal values starts and ends in the sorted ``fp``. Each query goes straight to its bucket (``starts``:
-    where each value of the top ``bits`` bits begins, ~1 entry a bucket) and steps through it (~4x faster
+    where each value of the top ``bits`` bits begins, 2-4 entries a bucket) and steps through it (~4x faster
     than a binary search of 1M entries); a bucket or a run longer than ``SCAN_STEPS`` is binary-searched."""
     n = len(fp)
     b = _bucket(queries, bits)
@@ -162,9 +162,9 @@ def _prefix(hashes: np.ndarray) -> np.ndarray:
 
 def _key_order(fp: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(N,)`` int32: the positions in the order (fingerprint, hash prefix, position), and the fingerprints
-    in that order. One sort of the
-    fingerprints; the runs of equal ones (an id in several rows, or ids that collide: few) are then
-    ordered by hash prefix and position among themselves (np.lexsort of all three keys: 3x slower)."""
+    in that order. One sort of the fingerprints; the runs of equal ones (an id in several rows, or ids that
+    collide: few) are then ordered by hash prefix and position among themselves (np.lexsort of all three
+    keys: 3x slower)."""
     order = np.argsort(fp).astype(np.int32)
     ordered = fp[order]
     tie = np.zeros(len(fp), dtype=bool)

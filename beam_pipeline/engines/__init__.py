@@ -183,14 +183,14 @@ class Choice:
 
 
 def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray | None = None,
-           repeat: int = 2, only: tuple[str, ...] | None = None, built: dict[str, Engine] | None = None,
+           repeat: int = 2, only: tuple[str, ...] | None = None, prebuilt: dict[str, Engine] | None = None,
            reference: Engine | None = None) -> Choice:
     """Builds, verifies and times the engines on ``batch``; returns the fastest exact one.
 
     ``requested`` is ``auto`` or one engine's name (which then must accept the model, else
     ``EngineError``; one that fails to build or differs from Keras is dropped with a warning, and the
     Keras graph runs instead). The Keras graph is always built: it is the reference (``reference``: the
-    one built before). With ``auto``: ``only`` limits the engines tried; ``built`` (name -> engine) are
+    one built before). With ``auto``: ``only`` limits the engines tried; ``prebuilt`` (name -> engine) are
     engines built before, verified and timed again here, not rebuilt."""
     engines = registry()
     if requested != "auto" and requested not in engines:
@@ -202,7 +202,7 @@ def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray 
     startup = time.perf_counter() - start
     names = [n for n in engines if n != "keras" and (only is None or n in only)] if requested == "auto" \
         else [requested]
-    built = dict(built or {})
+    prebuilt = prebuilt or {}
     if requested == "keras" or (requested == "auto" and not any(
             engines[n].why_not(ctx) is None for n in names)):
         report["keras"] = {"startup_s": round(startup, 4)}
@@ -213,7 +213,7 @@ def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray 
         return Choice(reference, report, reference)
     timed: dict[str, float] = {"keras": _timed(reference, batch, repeat)}
     report["keras"] = {"seconds": round(timed["keras"], 5), "startup_s": round(startup, 4), "max_diff": 0.0}
-    ready, built = built, {"keras": reference}
+    built: dict[str, Engine] = {"keras": reference}
     for name in names:
         reason = engines[name].why_not(ctx)
         if reason is not None:
@@ -223,8 +223,8 @@ def choose(ctx: Context, requested: str, batch: np.ndarray, compare: np.ndarray 
             continue
         try:
             start = time.perf_counter()
-            engine = ready[name] if name in ready else engines[name](ctx)
-            got = engine.run(batch) if name in ready else engine.warm_up(batch)
+            engine = prebuilt[name] if name in prebuilt else engines[name](ctx)
+            got = engine.run(batch) if name in prebuilt else engine.warm_up(batch)
             startup = time.perf_counter() - start
         except Exception as e:  # an engine that fails to build is dropped, never fatal
             LOG.warning("engine %s dropped: it failed to build: %s%s", name, e,
