@@ -14,6 +14,7 @@ from beam_pipeline import dead_letters, files
 from beam_pipeline.options import JobConfig
 from beam_pipeline.previous import output_generation
 from transforms import errors, reuse, write
+from transforms.batch import DocBatch
 from transforms.embed import Embed
 from transforms.read import COUNTS, ReadCorpus
 from transforms.reuse_lookup import ReuseByLookup
@@ -152,7 +153,7 @@ def build(p: beam.Pipeline, config: JobConfig, paths: list[str], sizes: dict[str
     # Without a tokenizer the model tokenizes raw text itself (TextVectorization): the stage only hashes.
     tokens = docs | "Tokenize" >> beam.ParDo(
         Tokenize(config.tokenizer, None if config.long_docs == "carry" else config.maxlen, config.truncating)
-    ).with_outputs(errors.ERRORS, main="ids")
+    ).with_output_types(DocBatch).with_outputs(errors.ERRORS, main="ids")
     inputs, tokenize_errors = tokens.ids, tokens[errors.ERRORS]
     if config.reshuffle:  # a file is read by one worker: its documents spread out
         inputs = inputs | "SpreadDocuments" >> beam.Reshuffle()

@@ -36,6 +36,12 @@ class DocBatch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes of its arrays (what Beam's size estimate gets: ``transforms/coders.py``)."""
+        arrays = (self.ids, self.texts, self.offsets, self.tokens, self.text_hash)
+        return sum(a.nbytes for a in arrays if a is not None)
+
     def lengths(self) -> np.ndarray:
         """Tokens per document (int64); requires ``offsets``."""
         return np.diff(self.offsets)
@@ -124,3 +130,14 @@ def hash_texts(texts: pa.Array) -> np.ndarray:
 
     digests = b"".join(map(xxhash.xxh3_128_digest, binary_views(texts)))
     return np.frombuffer(digests, dtype=np.uint8).reshape(len(texts), 16).copy()
+
+
+def _register_coder() -> None:
+    import apache_beam as beam
+
+    from transforms.coders import DocBatchCoder
+
+    beam.coders.registry.register_coder(DocBatch, DocBatchCoder)
+
+
+_register_coder()

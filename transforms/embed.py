@@ -262,6 +262,6 @@ class Embed(beam.PTransform):
 
     def expand(self, docs):
         sort_buffer = SORT_BATCHES * self.config.batch_size if self.config.length_bucketing else 0
-        out = docs | "EmbedBatches" >> beam.ParDo(EmbedBatches(self.config, sort_buffer)).with_outputs(
-            ERRORS, main="embedded")
+        out = docs | "EmbedBatches" >> beam.ParDo(EmbedBatches(self.config, sort_buffer)).with_output_types(
+            Rows).with_outputs(ERRORS, main="embedded")
         return out.embedded, out[ERRORS]

@@ -45,6 +45,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms import read_csv, read_fast
+from transforms.batch import DocBatch
 from transforms.errors import NAMESPACE, tagged
 
 COUNTS = "counts"
@@ -464,5 +465,5 @@ class ReadCorpus(beam.PTransform):
             | "SpreadFiles" >> beam.Reshuffle()
             | "ReadRecords" >> beam.ParDo(
                 ReadRecords(self.id_field, self.text_field, total, counting=self.counting)
-            ).with_outputs("errors", COUNTS, main="docs")
+            ).with_output_types(DocBatch).with_outputs("errors", COUNTS, main="docs")
         )

@@ -358,10 +358,11 @@ class Reuse(beam.PTransform):
         reused = (
             joined[COPY]
             | "GroupByRowGroup" >> beam.GroupByKey()
-            | "CopyRows" >> beam.ParDo(CopyRows(paths, output_schema(self.config), footers))
+            | "CopyRows" >> beam.ParDo(CopyRows(paths, output_schema(self.config), footers)).with_output_types(
+                CopiedRows)
         )
-        kept = again | "KeepToEmbed" >> beam.ParDo(KeepToEmbed(), beam.pvalue.AsList(joined.embed)).with_outputs(
-            COUNTS, main="docs")
+        kept = again | "KeepToEmbed" >> beam.ParDo(KeepToEmbed(), beam.pvalue.AsList(joined.embed)).with_output_types(
+            DocBatch).with_outputs(COUNTS, main="docs")
         counts = ((joined[COUNTS], keys[COUNTS], kept[COUNTS]) | "AllCounts" >> beam.Flatten()
                   | "SumCounts" >> beam.CombinePerKey(combine_counts))
         return kept.docs, reused, counts

@@ -36,7 +36,7 @@ from apache_beam.metrics import Metrics
 from transforms.batch import DocBatch, hash_texts
 from transforms.errors import NAMESPACE
 from transforms.reuse import COPY, COUNTS, KEY_COLUMNS, CopyRows, ReadPreviousKeys, combine_counts, hash_matrix
-from transforms.write import HASH_BYTES, output_schema
+from transforms.write import HASH_BYTES, CopiedRows, output_schema
 
 SEEN = "seen"
 
@@ -475,12 +475,13 @@ class ReuseByLookup(beam.PTransform):
             .with_outputs(COUNTS, main="checked")
         )
         side = beam.pvalue.AsList(checked.checked)
-        matched = docs | "MatchPrevious" >> beam.ParDo(MatchPrevious(previous, shared), side).with_outputs(
-            COPY, COUNTS, SEEN, main="embed")
+        matched = docs | "MatchPrevious" >> beam.ParDo(MatchPrevious(previous, shared), side).with_output_types(
+            DocBatch).with_outputs(COPY, COUNTS, SEEN, main="embed")
         reused = (
             matched[COPY]
             | "GroupByRowGroup" >> beam.GroupByKey()
-            | "CopyRows" >> beam.ParDo(CopyRows(paths, output_schema(self.config), footers))
+            | "CopyRows" >> beam.ParDo(CopyRows(paths, output_schema(self.config), footers)).with_output_types(
+                CopiedRows)
         )
         removed = (
             matched[SEEN]

@@ -345,6 +345,10 @@ def _rows_table(parts: list[Rows], arrow_schema: pa.Schema, mode: str) -> pa.Tab
     return pa.Table.from_arrays(arrays, schema=arrow_schema)
 
 
+# what ToArrowTables outputs, declared so that Beam sizes the tables without encoding them (transforms/coders.py)
+TABLE_RECORD = beam.typehints.Tuple[pa.Table, beam.typehints.Dict[str, int]]
+
+
 class ToArrowTables(beam.DoFn):
     """Buffers batches of embedded documents (``Rows``) and emits ``(pa.Table, documents per engine)``
     of ~``target_bytes``."""
@@ -470,8 +474,8 @@ class WriteEmbeddings(beam.PTransform):
             files, counts = [], []
             for k, part in enumerate(parts):
                 label = "" if k == 0 else str(k + 1)
-                tables = part | f"ToArrow{label}" >> beam.ParDo(ToArrowTables(self.schema, self.mode,
-                                                                                self.row_group_bytes))
+                tables = part | f"ToArrow{label}" >> beam.ParDo(ToArrowTables(
+                    self.schema, self.mode, self.row_group_bytes)).with_output_types(TABLE_RECORD)
                 files.append(tables | f"WriteParquet{label}" >> beam.ParDo(iobase._WriteBundleDoFn(sink),
                                                                             AsSingleton(init)))
                 counts.append(tables | f"CountRows{label}" >> beam.FlatMap(lambda record: record[1].items()))
@@ -503,3 +507,13 @@ class WriteEmbeddings(beam.PTransform):
         shards = once | "FinalizeWrite" >> beam.FlatMap(
             iobase._finalize_write, sink, AsSingleton(init), AsIter(written), min_shards, AsSingleton(pre))
         return shards, rows
+
+
+def _register_coders() -> None:
+    from transforms.coders import ArrowTableCoder, CopiedRowsCoder, RowsCoder
+
+    for cls, coder in ((Rows, RowsCoder), (CopiedRows, CopiedRowsCoder), (pa.Table, ArrowTableCoder)):
+        beam.coders.registry.register_coder(cls, coder)
+
+
+_register_coders()
