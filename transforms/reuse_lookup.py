@@ -352,16 +352,10 @@ def _index_tag(previous: dict) -> str:
 
 
 class MatchPrevious(beam.DoFn):
-    """``DocBatch(ids, texts)`` -> its documents to embed, with their ``text_hash`` (main output); when the
-    bundle ends, the rows to copy, ``((file, group), (rows, hashes))``, one element per previous row group
-    (tag ``copy``); ``(count name, n)`` (tag ``counts``); the bundle's previous ids seen, one bit per index
-    entry (tag ``seen``). ``checked``: the side input of the row groups that passed their checks;
-    ``shared``: the process' handle on the index.
-
-    The rows to copy are gathered over the bundle and handed on once per row group: 20 bytes a row (position
-    and hash, NumPy) instead of a pickled pair of arrays per input batch and row group, which Beam's local
-    runner holds, encoded, until the copying stage (measured: ~45 bytes a reused row, and as much again
-    decoded, before)."""
+    """``DocBatch(ids, texts)`` -> its documents to embed, with their ``text_hash`` (main output); ``((file,
+    group), (rows, hashes))`` to copy (tag ``copy``); ``(count name, n)`` (tag ``counts``); the bundle's
+    previous ids seen, one bit per index entry (tag ``seen``). ``checked``: the side input of the row groups
+    that passed their checks; ``shared``: the process' handle on the index."""
 
     def __init__(self, previous: dict, shared):
         self.previous = previous
@@ -369,30 +363,18 @@ class MatchPrevious(beam.DoFn):
 
     def setup(self):
         self._index, self._seen = None, None
-        self._wanted: dict = {}
 
     def start_bundle(self):
         self._seen = None
-        self._wanted = {}  # (file, group) -> [(rows, hashes)], this bundle's, in the order found
 
     def finish_bundle(self):
-        """The rows to copy, per row group, and the bundle's previous ids seen (``np.packbits`` of one bit
-        per index entry)."""
+        """The bundle's previous ids seen: ``np.packbits`` of one bit per index entry."""
         from apache_beam.transforms.window import GlobalWindow
         from apache_beam.utils.windowed_value import WindowedValue
 
-        def windowed(value):
-            return WindowedValue(value, GlobalWindow().max_timestamp(), [GlobalWindow()])
-
-        wanted, self._wanted = self._wanted, {}
-        for key in sorted(wanted):
-            pieces = wanted.pop(key)
-            rows = np.concatenate([r for r, _ in pieces])
-            hashes = np.concatenate([h for _, h in pieces])
-            del pieces
-            yield beam.pvalue.TaggedOutput(COPY, windowed((key, (rows, hashes))))
         if self._seen is not None:
-            yield beam.pvalue.TaggedOutput(SEEN, windowed(np.packbits(self._seen)))
+            yield beam.pvalue.TaggedOutput(SEEN, WindowedValue(np.packbits(self._seen), GlobalWindow().max_timestamp(),
+                                                               [GlobalWindow()]))
         self._seen = None
 
     def process(self, batch: DocBatch, checked):
@@ -424,7 +406,8 @@ class MatchPrevious(beam.DoFn):
             starts = np.flatnonzero(np.any(np.diff(where[:, :2], axis=0, prepend=-1) != 0, axis=1))
             for start, stop in zip(starts, np.append(starts[1:], len(where))):
                 key = (int(where[start, 0]), int(where[start, 1]))
-                self._wanted.setdefault(key, []).append((where[start:stop, 2].astype(np.int32), wanted[start:stop]))
+                yield beam.pvalue.TaggedOutput(COPY, (key, (where[start:stop, 2].astype(np.int32),
+                                                            wanted[start:stop])))
 
 
 class UnionSeen(beam.CombineFn):
