@@ -15,13 +15,14 @@ they are imported.
 
 from __future__ import annotations
 
-import pickle
-
 import apache_beam as beam
 
 # what pickling adds to the arrays' bytes (class names, schema, small fields), a rough constant: Beam
 # only sums the estimates into its size metrics
 _OVERHEAD = 256
+# Beam's own pickling coder (its default's fallback for these types): the bytes between stages stay Beam's,
+# and this project's code never unpickles anything itself (tests/test_robustness.py)
+_PICKLE = beam.coders.PickleCoder()
 
 
 def nbytes(value) -> int:
@@ -29,18 +30,18 @@ def nbytes(value) -> int:
     ``nbytes`` (a value of another type in a step declared otherwise is sized as before, never refused)."""
     size = getattr(value, "nbytes", None)
     if size is None:
-        return len(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+        return len(_PICKLE.encode(value))
     return int(size) + _OVERHEAD
 
 
 class SizedPickleCoder(beam.coders.Coder):
-    """Pickles (protocol ``HIGHEST_PROTOCOL``, as Beam's ``PickleCoder``), estimates by ``nbytes``."""
+    """Encodes as Beam's ``PickleCoder``, estimates by ``nbytes``."""
 
     def encode(self, value) -> bytes:
-        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        return _PICKLE.encode(value)
 
     def decode(self, encoded: bytes):
-        return pickle.loads(encoded)
+        return _PICKLE.decode(encoded)
 
     def estimate_size(self, value) -> int:
         return nbytes(value)
