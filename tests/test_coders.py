@@ -55,11 +55,10 @@ def _equal(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize("hint", [DocBatch, Rows, CopiedRows, TABLE_RECORD], ids=["DocBatch", "Rows", "CopiedRows",
-                                                                                  "table_record"])
-def test_large_elements_round_trip_and_are_sized_without_encoding(hint):
-    value = {DocBatch: 0, Rows: 1, CopiedRows: 2, TABLE_RECORD: 3}[hint]
-    value = _elements()[value]
+@pytest.mark.parametrize("k, hint", list(enumerate([DocBatch, Rows, CopiedRows, TABLE_RECORD])),
+                         ids=["DocBatch", "Rows", "CopiedRows", "table_record"])
+def test_large_elements_round_trip_and_are_sized_without_encoding(k, hint):
+    value = _elements()[k]  # of the type ``hint`` declares
     coder = beam.coders.registry.get_coder(hint)
     assert isinstance(coder, SizedPickleCoder) or isinstance(coder._get_component_coders()[0], SizedPickleCoder)
     # as Beam encodes it between stages: in a windowed value, nested or not
