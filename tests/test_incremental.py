@@ -11,6 +11,7 @@ import os
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -411,3 +412,90 @@ def test_a_model_that_tokenizes_raw_text(tmp_path):
     _assert_close(got, _rows(tmp_path / "full"))
     for doc_id in set(got) - kinds["changed"] - kinds["new"]:
         _assert_bit_equal(got[doc_id][0], before[doc_id][0], doc_id)
+
+
+# What a night holds: the copy requests carry a digest of the hashes, not the hashes; the index is
+# dropped before the copies; ``removed`` is counted from the bundles' bits alone.
+
+def _first_shard(first_run) -> str:
+    previous, _, summary = first_run
+    return summary["output_files"][0]
+
+
+def _request(table, rows, hashes_from=None):
+    from transforms.reuse import copy_request, hash_matrix
+
+    hashes = hash_matrix(table.column("text_hash").combine_chunks())
+    return copy_request(np.asarray(rows), hashes[np.asarray(rows if hashes_from is None else hashes_from)])
+
+
+def _copy(shard, requests):
+    """``CopyRows`` over row group 0 of ``shard``: the rows yielded, and the error raised (or None)."""
+    from transforms.reuse import CopyRows
+
+    fn = CopyRows((shard,), pq.read_schema(shard))
+    fn.start_bundle()
+    out = []
+    try:
+        for piece in fn.process(((0, 0), requests)):
+            out.append(piece.table)
+    except ValueError as e:
+        return out, e
+    return out, None
+
+
+def test_copied_rows_are_those_asked_for_in_row_order_repeats_included(first_run):
+    shard = _first_shard(first_run)
+    table = pq.ParquetFile(shard).read_row_group(0)
+    out, error = _copy(shard, [_request(table, [5, 9, 9]), _request(table, [0, 3])])
+    assert error is None
+    got = pa.concat_tables(out)
+    want = table.take([0, 3, 5, 9, 9])
+    assert got.column("doc_id").to_pylist() == want.column("doc_id").to_pylist()
+    assert got.equals(want.select(got.column_names).cast(got.schema))
+
+
+@pytest.mark.parametrize("case", ["one row's hash", "two rows swapped", "a row asked twice, another once"])
+def test_a_copy_whose_rows_do_not_hold_the_matched_hashes_fails_before_its_last_rows_go_out(first_run, case):
+    """The join matched these rows by id and full hash; a copy request holds a digest of those hashes. Rows
+    that hold other hashes (the shard changed during the run) fail the copy, never written."""
+    shard = _first_shard(first_run)
+    table = pq.ParquetFile(shard).read_row_group(0)
+    rows, wrong = {"one row's hash": ([1, 2, 4], [1, 2, 6]), "two rows swapped": ([1, 2, 4], [1, 4, 2]),
+                   "a row asked twice, another once": ([2, 2, 7], [2, 7, 7])}[case]
+    out, error = _copy(shard, [_request(table, [0, 3]), _request(table, rows, hashes_from=wrong)])
+    assert error is not None and "changed during the run" in str(error)
+    assert sum(t.num_rows for t in out) < 5
+
+
+def test_the_index_is_dropped_before_rows_are_copied(small_job, first_run, tmp_path, monkeypatch):
+    """Copies start once every batch is matched: the process' index of the previous keys is gone by then
+    (its memory is the copies'), and the counts are still exact."""
+    from transforms import reuse, reuse_lookup
+
+    previous, docs, _ = first_run
+    now, kinds = _changed_corpus(docs)
+    held = []
+    original = reuse.CopyRows.process
+
+    def process(self, element):
+        held.append(len(reuse_lookup._INDEX))
+        yield from original(self, element)
+
+    monkeypatch.setattr(reuse.CopyRows, "process", process)
+    path = helpers.write_jsonl(tmp_path / "corpus.jsonl", now)
+    summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--previous", previous,
+                                             "--previous_join", "lookup"))
+    assert held and not any(held)
+    assert (summary["reused"], summary["new"], summary["changed"], summary["removed"]) == (len(now) - 9, 4, 5, 6)
+
+
+@pytest.mark.parametrize("join", ["lookup", "shuffle"])
+def test_an_input_without_documents_removes_every_previous_id(small_job, first_run, tmp_path, join):
+    previous, docs, _ = first_run
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    summary = helpers.run_job(small_job.argv(path, tmp_path / "inc", *FLAGS, "--previous", previous,
+                                             "--previous_join", join))
+    assert (summary["read"], summary["reused"], summary["new"], summary["changed"]) == (0, 0, 0, 0)
+    assert summary["removed"] == len({d for d, _ in docs})

@@ -34,6 +34,7 @@ distinct previous ids that are not in the input.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import zlib
 
@@ -103,6 +104,19 @@ def hash_matrix(hashes: pa.Array) -> np.ndarray:
         return np.frombuffer(hashes.buffers()[1], dtype=np.uint8)[
             hashes.offset * HASH_BYTES:(hashes.offset + n) * HASH_BYTES].reshape(n, HASH_BYTES).copy()
     return hash_matrix(hashes.cast(pa.binary(HASH_BYTES)))
+
+
+def rows_digest(hashes: np.ndarray) -> bytes:
+    """BLAKE2b-128 of ``(K, 16)`` text hashes, in order: what a copy request holds instead of the hashes
+    themselves. A cryptographic digest, so holding the copied rows to it is as strict as comparing each
+    row's hash (no crafted rows can match it), at 16 bytes per request instead of 16 per row."""
+    return hashlib.blake2b(np.ascontiguousarray(hashes, dtype=np.uint8).data, digest_size=16).digest()
+
+
+def copy_request(rows: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """A request to copy previous ``rows`` (positions in one row group) whose text hashes must be ``hashes``
+    (``(K, 16)`` uint8, the ones the join matched): ``(rows as int32, rows_digest(hashes))``."""
+    return np.asarray(rows, dtype=np.int32), rows_digest(hashes)
 
 
 def join_keys(ids: pa.Array, hashes: pa.Array) -> pa.Array:
@@ -243,8 +257,7 @@ class JoinBucket(beam.DoFn):
             starts = np.flatnonzero(np.any(np.diff(where[:, :2], axis=0, prepend=-1) != 0, axis=1))
             for start, stop in zip(starts, np.append(starts[1:], len(where))):
                 key = (int(where[start, 0]), int(where[start, 1]))
-                rows = where[start:stop, 2].astype(np.int64)
-                yield beam.pvalue.TaggedOutput(COPY, (key, (rows, wanted[start:stop])))
+                yield beam.pvalue.TaggedOutput(COPY, (key, copy_request(where[start:stop, 2], wanted[start:stop])))
 
     def _to_embed(self, keys: pa.Array):
         yield keys
@@ -259,44 +272,67 @@ class JoinBucket(beam.DoFn):
 
 
 class CopyRows(beam.DoFn):
-    """``((file, group), [(rows, text hashes)])`` -> ``CopiedRows`` of those previous rows (a row asked for
-    twice, by an id repeated in the input, is copied twice), columns taken by name and cast to the output's
-    schema, never through NumPy. The row group is decoded once, a slice at a time (``iter_checked``: never
-    whole in memory), its pages verified against their checksums, the file checked to be the one the
-    launcher checked (``footers``), and each row's ``text_hash`` checked to be the one the join matched
-    (the join itself compared ids and hashes exactly). A check that fails now (the shard changed during the
-    run) fails the run: nothing is committed, never a row copied from other data."""
+    """``((file, group), [copy_request(rows, text hashes)])`` -> ``CopiedRows`` of those previous rows (a row
+    asked for twice, by an id repeated in the input, is copied twice), columns taken by name and cast to the
+    output's schema, never through NumPy. The row group is decoded once, a slice at a time (``iter_checked``:
+    never whole in memory), its pages verified against their checksums, the file checked to be the one the
+    launcher checked (``footers``), and the rows of each request checked to hold the text hashes the join
+    matched (their digest: ``rows_digest``; the join itself compared ids and hashes exactly). A check that
+    fails (the shard changed during the run) fails the bundle, and so the run, before the row group's last
+    rows go out: nothing is committed, never a row copied from other data.
+
+    The first bundle also drops this process' index of the previous keys (``release_indexes``): copies
+    start only once every batch has been matched (they come out of a ``GroupByKey``)."""
 
     def __init__(self, paths: tuple[str, ...], arrow_schema: pa.Schema, footers: tuple[str, ...] = ()):
         self.paths = paths
         self.schema = arrow_schema
         self.footers = footers
 
+    def start_bundle(self):
+        from transforms.reuse_lookup import release_indexes
+
+        release_indexes()
+
     def process(self, element):
         from transforms.checked_read import iter_checked
 
         (index, group), wanted = element
         wanted = list(wanted)
-        rows = np.concatenate([r for r, _ in wanted]).astype(np.int64, copy=False)
-        expected = np.concatenate([h for _, h in wanted])
+        rows = np.concatenate([np.asarray(r) for r, _ in wanted]).astype(np.int64, copy=False)
         order = np.argsort(rows, kind="stable")
-        rows, expected = rows[order], expected[order]
+        rows = rows[order]
+        held = np.empty((len(rows), HASH_BYTES), np.uint8)  # the hashes of the rows taken, in sorted order
         path = self.paths[index]
         start = taken = 0
+        changed = (f"previous shard {path} row group {group} changed during the run: its rows are not those the join "
+                   "matched; nothing is committed, rerun the job")
         for batch in iter_checked(path, group, self.footers[index] if self.footers else None):
             stop = start + batch.num_rows
             upto = int(np.searchsorted(rows, stop, side="left"))
             if upto > taken:
                 table = pa.Table.from_batches([batch.take(pa.array(rows[taken:upto] - start))])
-                if not np.array_equal(hash_matrix(table.column("text_hash").combine_chunks()), expected[taken:upto]):
-                    raise ValueError(f"previous shard {path} row group {group} changed during the run: its rows are "
-                                     "not those the join matched; nothing is committed, rerun the job")
+                held[taken:upto] = hash_matrix(table.column("text_hash").combine_chunks())
+                if upto == len(rows):  # the last rows go out only once every request is checked
+                    self._check(wanted, held, order, changed)
                 yield CopiedRows(table.select(self.schema.names).cast(self.schema))
                 taken = upto
             start = stop
         if taken != len(rows):
             raise ValueError(f"previous shard {path} row group {group} changed during the run: it has {start} rows, "
                              f"fewer than the join found; nothing is committed, rerun the job")
+
+    @staticmethod
+    def _check(wanted: list, held: np.ndarray, order: np.ndarray, message: str) -> None:
+        """Each request's digest against the hashes its rows hold (``held``: in sorted row order)."""
+        asked = np.empty_like(held)
+        asked[order] = held  # back in the requests' order
+        at = 0
+        for rows, digest in wanted:
+            n = len(rows)
+            if rows_digest(asked[at:at + n]) != digest:
+                raise ValueError(message)
+            at += n
 
 
 class KeepToEmbed(beam.DoFn):

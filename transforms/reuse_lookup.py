@@ -7,16 +7,18 @@ the corpus' keys, no second read.
   group once in the whole job: every page against its checksum, the file against the footer digest the
   launcher recorded. Its output is small: ``(file, group, rows)`` per row group that passed (a side input);
   a row group that fails is reported and its documents are embedded.
-- ``PreviousIndex``, built once per worker process (``apache_beam.utils.shared``: the DoFn instances of a
-  process, and ``CountRemoved``, share it) by reading the key columns (``doc_id``, ``text_hash``) of those
-  row groups straight from the files: no copy of the keys goes through the runner. The keys are sorted by
+- ``PreviousIndex``, built once per worker process (``acquire_index``: the DoFn instances of a process
+  share it; ``CopyRows`` drops it, as copies start only once every batch is matched) by reading the key
+  columns (``doc_id``, ``text_hash``) of those row groups straight from the files: no copy of the keys goes
+  through the runner. The keys are sorted by
   (XXH3-64 of the id, the text hash's first 8 bytes, position). A fingerprint only finds candidates: a row
   is reused only when its id and its full 16-byte ``text_hash`` are equal to the document's (a collision
   costs a look at the next candidate, never a wrong row).
 - ``MatchPrevious``: per input batch, its documents to embed (with their ``text_hash``) go on to be
-  tokenized; the positions of the rows to copy, with the hashes they must hold, go to ``CopyRows`` grouped
-  by (file, row group); counts ``reused``, ``new``, ``changed``; one bit per previous id seen, for
-  ``removed``.
+  tokenized; the positions of the rows to copy, with a digest of the hashes they must hold, go to ``CopyRows`` grouped
+  by (file, row group); counts ``reused``, ``new``, ``changed``; per bundle one bit per index entry, set for
+  the previous ids seen and the entries that are not their id's first (``CountRemoved`` counts the bits
+  left unset, their union, as ``removed``: no index needed).
 
 Memory per worker process: the index, ~(36 + mean id length) bytes per previous row (sorted fingerprints 8,
 their buckets' starts up to 2, hashes 16 and the ids with their 4-byte offsets in read order, positions 4,
@@ -27,6 +29,8 @@ while it is built, up to ~(52 + 2 x mean id length) for a moment (``previous.LOO
 
 from __future__ import annotations
 
+import threading
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -35,7 +39,16 @@ from apache_beam.metrics import Metrics
 
 from transforms.batch import DocBatch, hash_texts
 from transforms.errors import NAMESPACE
-from transforms.reuse import COPY, COUNTS, KEY_COLUMNS, CopyRows, ReadPreviousKeys, combine_counts, hash_matrix
+from transforms.reuse import (
+    COPY,
+    COUNTS,
+    KEY_COLUMNS,
+    CopyRows,
+    ReadPreviousKeys,
+    combine_counts,
+    copy_request,
+    hash_matrix,
+)
 from transforms.write import HASH_BYTES, CopiedRows, output_schema
 
 SEEN = "seen"
@@ -351,36 +364,76 @@ def _index_tag(previous: dict) -> str:
     return repr((previous["prefix"], tuple(previous["files"]), tuple(previous.get("footers") or ())))
 
 
+_INDEX_LOCK = threading.Lock()
+_INDEX: dict = {}  # tag -> the process' index (one at most: another tag's replaces it)
+
+
+def acquire_index(previous: dict, checked) -> PreviousIndex:
+    """This process' index of the previous keys, built on first use (once, whichever thread asks first)
+    and kept until ``release_indexes``."""
+    tag = _index_tag(previous)
+    with _INDEX_LOCK:
+        index = _INDEX.get(tag)
+        if index is None:
+            _INDEX.clear()  # another previous output's: never needed again by this job
+            index = _INDEX[tag] = read_index(previous, list(checked))
+        return index
+
+
+def release_indexes() -> None:
+    """Drops this process' index (``CopyRows`` calls it: copies start only once every batch is matched) and,
+    when there was one, hands the memory the matching freed back to the system (``give_back_memory``), so
+    that the copies start from what the process needs, not from the read's high-water mark. A batch matched
+    after this builds the index again."""
+    with _INDEX_LOCK:
+        held = bool(_INDEX)
+        _INDEX.clear()
+    if held:
+        give_back_memory()
+
+
+def give_back_memory() -> None:
+    """Free memory back to the system: Arrow's pool (``release_unused``) and glibc's heap (``malloc_trim``,
+    where the C library has it). Measured at 1M previous rows: the copy stage's peak 60-90 MB lower, a few
+    ms (bench/README.md)."""
+    import ctypes
+
+    pa.default_memory_pool().release_unused()
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the C library the process runs on
+    if trim is None:  # not glibc (macOS, musl): nothing to trim
+        return
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+
+
 class MatchPrevious(beam.DoFn):
     """``DocBatch(ids, texts)`` -> its documents to embed, with their ``text_hash`` (main output); ``((file,
-    group), (rows, hashes))`` to copy (tag ``copy``); ``(count name, n)`` (tag ``counts``); the bundle's
-    previous ids seen, one bit per index entry (tag ``seen``). ``checked``: the side input of the row groups
-    that passed their checks; ``shared``: the process' handle on the index."""
+    group), copy_request(rows, hashes))`` to copy (tag ``copy``); ``(count name, n)`` (tag ``counts``); per
+    bundle, one bit per index entry (tag ``seen``), set for the previous ids seen and for every entry that
+    is not its id's first (so the entries left unset at the end are the removed ids). ``checked``: the side
+    input of the row groups that passed their checks. The index is the process' (``acquire_index``), held
+    only while a bundle runs."""
 
-    def __init__(self, previous: dict, shared):
+    def __init__(self, previous: dict):
         self.previous = previous
-        self.shared = shared
-
-    def setup(self):
-        self._index, self._seen = None, None
 
     def start_bundle(self):
-        self._seen = None
+        self._index, self._seen = None, None
 
     def finish_bundle(self):
-        """The bundle's previous ids seen: ``np.packbits`` of one bit per index entry."""
+        """The bundle's bits: ``np.packbits`` of one bit per index entry."""
         from apache_beam.transforms.window import GlobalWindow
         from apache_beam.utils.windowed_value import WindowedValue
 
         if self._seen is not None:
-            yield beam.pvalue.TaggedOutput(SEEN, WindowedValue(np.packbits(self._seen), GlobalWindow().max_timestamp(),
+            bits = self._seen | ~self._index.representatives()
+            yield beam.pvalue.TaggedOutput(SEEN, WindowedValue(np.packbits(bits), GlobalWindow().max_timestamp(),
                                                                [GlobalWindow()]))
-        self._seen = None
+        self._index, self._seen = None, None
 
     def process(self, batch: DocBatch, checked):
-        if self._index is None:  # one index per worker process, built on the first batch
-            self._index = self.shared.acquire(lambda: read_index(self.previous, list(checked)),
-                                              tag=_index_tag(self.previous))
+        if self._index is None:
+            self._index = acquire_index(self.previous, checked)
         index = self._index
         if self._seen is None:
             self._seen = np.zeros(len(index), dtype=bool)
@@ -406,8 +459,7 @@ class MatchPrevious(beam.DoFn):
             starts = np.flatnonzero(np.any(np.diff(where[:, :2], axis=0, prepend=-1) != 0, axis=1))
             for start, stop in zip(starts, np.append(starts[1:], len(where))):
                 key = (int(where[start, 0]), int(where[start, 1]))
-                yield beam.pvalue.TaggedOutput(COPY, (key, (where[start:stop, 2].astype(np.int32),
-                                                            wanted[start:stop])))
+                yield beam.pvalue.TaggedOutput(COPY, (key, copy_request(where[start:stop, 2], wanted[start:stop])))
 
 
 class UnionSeen(beam.CombineFn):
@@ -432,21 +484,20 @@ class UnionSeen(beam.CombineFn):
 
 
 class CountRemoved(beam.DoFn):
-    """The bitmap of previous ids seen -> ``("removed", distinct previous ids never seen)`` (an id is seen
-    through its representative entry); with no bitmap (no batch read), every previous id is removed."""
+    """The union of the bundles' bits (``MatchPrevious``) -> ``("removed", entries left unset)``: the
+    distinct previous ids never seen (an id is seen through its first entry; every other entry is set).
+    With no bits (no batch read), every previous id is removed: the index is built to count them."""
 
-    def __init__(self, previous: dict, shared):
+    def __init__(self, previous: dict):
         self.previous = previous
-        self.shared = shared
 
     def process(self, seen, checked):
-        index = self.shared.acquire(lambda: read_index(self.previous, list(checked)), tag=_index_tag(self.previous))
-        first = index.representatives()
         if seen is not None:
-            bits = np.unpackbits(seen, count=len(index)).astype(bool)
-            removed = int((first & ~bits).sum())
+            entries = sum(int(n) for _, _, n in checked)
+            removed = entries - int(np.unpackbits(seen, count=entries).sum())
         else:
-            removed = int(first.sum())
+            removed = int(acquire_index(self.previous, checked).representatives().sum())
+            release_indexes()
         if removed:
             Metrics.counter(NAMESPACE, "removed").inc(removed)
         yield "removed", removed
@@ -461,12 +512,9 @@ class ReuseByLookup(beam.PTransform):
         self.config = config
 
     def expand(self, docs):
-        from apache_beam.utils.shared import Shared
-
         previous = dict(self.config.previous)
         paths = tuple(previous["files"])
         footers = tuple(previous.get("footers") or ())
-        shared = Shared()
         checked = (
             docs.pipeline
             | "PreviousShards" >> beam.Create(list(enumerate(paths)))
@@ -475,7 +523,7 @@ class ReuseByLookup(beam.PTransform):
             .with_outputs(COUNTS, main="checked")
         )
         side = beam.pvalue.AsList(checked.checked)
-        matched = docs | "MatchPrevious" >> beam.ParDo(MatchPrevious(previous, shared), side).with_output_types(
+        matched = docs | "MatchPrevious" >> beam.ParDo(MatchPrevious(previous), side).with_output_types(
             DocBatch).with_outputs(COPY, COUNTS, SEEN, main="embed")
         reused = (
             matched[COPY]
@@ -486,7 +534,7 @@ class ReuseByLookup(beam.PTransform):
         removed = (
             matched[SEEN]
             | "UnionSeen" >> beam.CombineGlobally(UnionSeen())
-            | "CountRemoved" >> beam.ParDo(CountRemoved(previous, shared), side)
+            | "CountRemoved" >> beam.ParDo(CountRemoved(previous), side)
         )
         counts = ((matched[COUNTS], checked[COUNTS], removed) | "AllCounts" >> beam.Flatten()
                   | "SumCounts" >> beam.CombinePerKey(combine_counts))

@@ -157,11 +157,15 @@ class ParquetShards(RenameEveryShard, parquetio._ParquetSink):
 
     def write_record(self, writer, record) -> None:
         """Hands ``record``'s table to a background thread once the one before is written: Arrow encodes and
-        compresses it without the GIL while this thread goes on (reading, copying, the model); one table at
-        a time, in order, so the file is the same; an error surfaces here or at ``close``."""
+        compresses it without the GIL while this thread goes on (reading, the model); one table at a time, in
+        order, so the file is the same; an error surfaces here or at ``close``. A table only of rows copied
+        from ``--previous`` is written on this thread."""
         table, engines = record
         _wait(writer)
-        writer.pending = _writers().submit(writer.write_table, table)
+        if set(engines) == {"reused"}:  # only rows copied from --previous: no model to overlap with, so written
+            writer.write_table(table)   # here, and one table fewer in memory (a night's peak: 1M rows, -24 MB)
+        else:
+            writer.pending = _writers().submit(writer.write_table, table)
         for name, n in engines.items():
             writer.engine_counts[name] = writer.engine_counts.get(name, 0) + n
 
