@@ -166,6 +166,7 @@ def _bench_model(name: str, sizes: list[int], args) -> dict:
             for kind in kinds:
                 r = min(tries[(size, kind)], key=lambda t: t["wall_s"])
                 r["walls_s"] = [t["wall_s"] for t in tries[(size, kind)]]
+                r["peak_rss_mbs"] = [t["peak_rss_mb"] for t in tries[(size, kind)]]  # every try's: RSS wanders too
                 with open(os.path.join(work, "out", f"{name}-{size}-{kind}", "emb-summary.json")) as f:
                     summary = json.load(f)
                 r["summary"] = {k: summary.get(k) for k in ("read", "written", "embedded", "reused", "new", "changed",
@@ -173,6 +174,8 @@ def _bench_model(name: str, sizes: list[int], args) -> dict:
                 results["runs"][f"{size}-{kind}"] = r
                 other = 100 * r["other_cpu_s"] / r["wall_s"]
                 walls = " / ".join(f"{w:.1f}" for w in r["walls_s"])
+                if len(r["walls_s"]) > 1:
+                    walls += "; RSS " + " / ".join(f"{m:.0f}" for m in r["peak_rss_mbs"])
                 print(f"{size:>7} {kind:14} {summary['read']:>9} {summary['embedded']:>9} {summary['reused']:>8} "
                       f"{r['wall_s']:>8.1f} {r['child_cpu_s']:>7.1f} {r['peak_rss_mb']:>7.0f} {other:>8.0f}%"
                       f"  ({walls})", flush=True)

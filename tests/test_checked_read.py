@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.checked_read import read_checked, verify_chunk
+from transforms.checked_read import STREAM_BUFFER, iter_checked, read_checked, verify_chunk
 
 
 def _table(n: int = 3000) -> pa.Table:
@@ -49,10 +49,17 @@ def test_an_intact_shard_reads_whole_or_by_columns(shard):
     assert keys.equals(want.select(["doc_id", "text_hash"]))
 
 
+def _read(path: str, columns, streamed: bool) -> pa.Table:
+    """Both row groups, whole (``read_checked``) or a slice at a time, every column (``iter_checked``)."""
+    if streamed:
+        return pa.Table.from_batches([b for g in range(2) for b in iter_checked(path, g, batch_rows=500)])
+    return pa.concat_tables([read_checked(path, g, columns) for g in range(2)])
+
+
 @settings(max_examples=200, deadline=None)
 @given(at=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7),
-       columns=st.sampled_from([None, ["doc_id", "text_hash"], ["vector"]]))
-def test_a_flipped_bit_is_reported_or_harmless(shard, tmp_path_factory, at, bit, columns):
+       columns=st.sampled_from([None, ["doc_id", "text_hash"], ["vector"]]), streamed=st.booleans())
+def test_a_flipped_bit_is_reported_or_harmless(shard, tmp_path_factory, at, bit, columns, streamed):
     chunks = _chunks(shard)
     total = sum(size for _, size in chunks)
     offset = int(at * total)
@@ -65,13 +72,40 @@ def test_a_flipped_bit_is_reported_or_harmless(shard, tmp_path_factory, at, bit,
     data[position] ^= 1 << bit
     damaged = str(tmp_path_factory.mktemp("flip") / "shard.parquet")
     open(damaged, "wb").write(bytes(data))
+    columns = None if streamed else columns
     want = pq.read_table(shard, columns=columns)
     try:
-        got = pa.concat_tables([read_checked(damaged, g, columns) for g in range(2)])
+        got = _read(damaged, columns, streamed)
     except ValueError as e:
         assert damaged in str(e)
         return
     assert got.equals(want), "a damaged value was returned"
+
+
+def test_a_row_group_is_decoded_a_slice_at_a_time_never_read_whole_first(tmp_path):
+    """``iter_checked`` (what a night copies through) holds a buffer per column and the slice decoded, not
+    the row group's column chunks (Arrow pre-buffers them whole by default: a 30 MB row group held while
+    the copies are written)."""
+    n = 100000
+    rng = np.random.default_rng(3)
+    table = pa.table({"doc_id": pa.array([f"d{i}" for i in range(n)]),
+                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(rng.random(n * 64, dtype=np.float32)), 64),
+                      "text_hash": pa.array([b"h" * 16] * n, pa.binary(16))})
+    path = str(tmp_path / "one-group.parquet")
+    pq.write_table(table, path, write_page_checksum=True, compression="zstd", row_group_size=n)
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(1).total_compressed_size
+    assert chunk > 8 * STREAM_BUFFER
+    pools = [getattr(pa, f"{name}_memory_pool")() for name in pa.supported_memory_backends()]
+
+    def allocated() -> int:  # every pool: Arrow's C++ default need not be pyarrow's (transforms/__init__.py)
+        return sum(pool.bytes_allocated() for pool in pools)
+
+    base, most, rows = allocated(), 0, 0
+    for batch in iter_checked(path, 0, batch_rows=1024):
+        most = max(most, allocated() - base - batch.nbytes)
+        rows += batch.num_rows
+    assert rows == n
+    assert most < chunk / 3, (most, chunk)
 
 
 def test_pages_without_checksums_are_refused(tmp_path):

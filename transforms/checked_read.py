@@ -204,14 +204,21 @@ def _open(path: str):
     return (open(path, "rb") if local else FileSystems.open(path)), local
 
 
-def _checked_file(f, local: bool, path: str, footer: str | None):
+STREAM_BUFFER = 1 << 20  # iter_checked reads a column chunk through a buffer of this many bytes
+
+
+def _checked_file(f, local: bool, path: str, footer: str | None, streamed: bool = False):
+    """The shard as a ``ParquetFile`` that verifies page checksums; ``streamed``: its column chunks read
+    through ``STREAM_BUFFER`` as they are decoded instead of a row group's wanted chunks read whole first
+    (Arrow's pre-buffering: a 30 MB row group held while a night copies from it, and writes)."""
     import pyarrow.parquet as pq
 
     if footer is not None:
         found = footer_digest(f)
         if found != footer:
             raise PageError(f"the file changed since the launcher checked it (size:footer {footer}, now {found})")
-    return pq.ParquetFile(path if local else f, page_checksum_verification=True)
+    options = {"pre_buffer": False, "buffer_size": STREAM_BUFFER} if streamed else {}
+    return pq.ParquetFile(path if local else f, page_checksum_verification=True, **options)
 
 
 def _check_group(f, shard, group: int, decoded: set[str], others: bool) -> None:
@@ -254,7 +261,7 @@ def iter_checked(path: str, group: int, footer: str | None = None, batch_rows: i
     try:
         opened, local = _open(path)
         with opened as f:
-            shard = _checked_file(f, local, path, footer)
+            shard = _checked_file(f, local, path, footer, streamed=True)
             _check_group(f, shard, group, set(shard.schema_arrow.names), others=False)
             yield from shard.iter_batches(batch_size=batch_rows, row_groups=[group], use_threads=False)
     except Exception as e:
